@@ -1,0 +1,447 @@
+"""MAE (He et al. 2022) as transformers models: the encoder, the pretraining model and the classifier.
+
+Layout and state-dict names follow the official `models_mae.py` (`patch_embed.proj`, `blocks.i.attn.qkv`,
+`decoder_blocks.i`), so converting official or timm weights is a rename. Masking convention: 1 = removed.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_mae import MAEConfig
+from .image_processing_mae import normalize_patches, patchify, unpatchify
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_mae.MAEConfig",
+    "AutoModel": "modeling_mae.MAEModel",
+    "AutoModelForPreTraining": "modeling_mae.MAEForPreTraining",
+    "AutoModelForImageClassification": "modeling_mae.MAEForImageClassification",
+    "AutoImageProcessor": "image_processing_mae.MAEImageProcessor",
+}
+
+
+def sincos_pos_embed(dim: int, grid_size: tuple[int, int], device=None) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (1, 1 + rows*cols, dim), a zero row first for the CLS token.
+
+    Same values as the official code: each half of the vector is a 1-D embedding [sin | cos] with
+    omega_k = 1 / 10000^(k / (dim/4)); the first half encodes the column index, the second the row.
+    """
+    rows, cols = grid_size
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64, device=device) / (dim / 4))
+    row_idx, col_idx = torch.meshgrid(torch.arange(rows, dtype=torch.float64, device=device),
+                                      torch.arange(cols, dtype=torch.float64, device=device), indexing="ij")
+    col_angles = col_idx.reshape(-1, 1) * omega  # (N, dim/4), patches in row-major order
+    row_angles = row_idx.reshape(-1, 1) * omega
+    emb = torch.cat([col_angles.sin(), col_angles.cos(), row_angles.sin(), row_angles.cos()], dim=1)
+    emb = torch.cat([emb.new_zeros(1, dim), emb], dim=0)
+    return emb.unsqueeze(0).float()
+
+
+def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+    """Per-sample random masking by argsort of noise; keeps `int(L * (1 - mask_ratio))` tokens.
+
+    x: (B, L, D). Returns kept tokens (B, K, D), mask (B, L) with 1 = removed, and ids_restore (B, L).
+    """
+    batch, length, dim = x.shape
+    len_keep = int(length * (1 - mask_ratio))
+    if len_keep < 1:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps no patch out of {length}")
+    if noise is None:
+        noise = torch.rand(batch, length, device=x.device)
+    elif noise.shape != (batch, length):
+        raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
+    ids_shuffle = torch.argsort(noise.to(x.device), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    mask = torch.ones(batch, length, device=x.device, dtype=x.dtype)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return x_kept, mask, ids_restore
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain matmul + softmax attention; returns (B, N, H, hd) and the attention weights."""
+    weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    weights = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+class MAEAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, through transformers' attention interface."""
+
+    def __init__(self, config: MAEConfig, dim: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False):
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # (B, H, N, hd) each
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+        out, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
+        return self.proj(out.reshape(batch, length, dim)), weights
+
+
+class MAEMLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class MAEBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block (timm layout: norm1, attn, norm2, mlp)."""
+
+    def __init__(self, config: MAEConfig, dim: int, num_heads: int, mlp_dim: int, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = MAEAttention(config, dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = MAEMLP(dim, mlp_dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False):
+        attn_out, weights = self.attn(self.norm1(x), output_attentions)
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        p = config.patch_size
+        self.proj = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=p, stride=p)
+
+    def forward(self, pixel_values):
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+@dataclass
+class MAEModelOutput(ModelOutput):
+    """Encoder output. `mask` / `ids_restore` are None when no masking was asked for."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MAEForPreTrainingOutput(ModelOutput):
+    """Pretraining output. Unpacks as the seed's triple: `loss, logits, mask = model(pixel_values)`.
+
+    `logits` are per-patch predictions (B, N, p*p*C) for all patches (normalised-patch space with norm-pix).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+    def __iter__(self):
+        return iter((self.loss, self.logits, self.mask))
+
+
+class MAEPreTrainedModel(PreTrainedModel):
+    config_class = MAEConfig
+    config: MAEConfig
+    base_model_prefix = "encoder"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MAEBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Official MAE init: xavier-uniform Linear (and patch conv seen as Linear), normal(.02) tokens,
+        fixed sin-cos positions. Runs after `from_pretrained` for anything the checkpoint did not hold."""
+        if isinstance(module, nn.Linear):
+            if hasattr(module, "init_std"):  # classifier heads (set by MAEForImageClassification)
+                init.trunc_normal_(module.weight, std=module.init_std)
+            else:
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding, initialised as a Linear on its [D, -1] view
+            if not getattr(module.weight, "_is_hf_initialized", False):  # a view loses the loaded-weight flag
+                init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, MAEModel):
+            init.normal_(module.cls_token, std=self.config.initializer_range)
+            init.copy_(module.pos_embed, sincos_pos_embed(self.config.hidden_size, self.config.grid_size))
+        elif isinstance(module, MAEForPreTraining):
+            init.normal_(module.mask_token, std=self.config.initializer_range)
+            init.copy_(module.decoder_pos_embed,
+                       sincos_pos_embed(self.config.decoder_hidden_size, self.config.grid_size))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Write the full `auto_map`, so the folder loads with every Auto class and `trust_remote_code=True`
+        where hf_mae is not installed (transformers copies the code files beside the weights)."""
+        self.config.auto_map = dict(AUTO_MAP)
+        if self._auto_class is None:
+            type(self).register_for_auto_class(_auto_class_of(type(self)))
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, p*p*C)."""
+        return patchify(pixel_values, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W); `image_size` (H, W) defaults to the configured size."""
+        p = self.config.patch_size
+        grid = self.config.grid_size if image_size is None else (image_size[0] // p, image_size[1] // p)
+        return unpatchify(patches, p, grid)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """Validate (B, C, H, W) input; returns the patch grid (rows, cols)."""
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape "
+                             f"{tuple(pixel_values.shape)}")
+        channels, height, width = pixel_values.shape[1:]
+        if channels != self.config.num_channels:
+            raise ValueError(f"expected {self.config.num_channels} channels (config.num_channels), got {channels}")
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size ({height}, {width}) must be divisible by patch_size {p}")
+        return height // p, width // p
+
+
+def _auto_class_of(cls) -> str:
+    return {"MAEModel": "AutoModel", "MAEForPreTraining": "AutoModelForPreTraining",
+            "MAEForImageClassification": "AutoModelForImageClassification"}[cls.__name__]
+
+
+class MAEModel(MAEPreTrainedModel):
+    """The MAE encoder (a ViT). Masks only when a mask ratio (or noise) is given: features are deterministic
+    by default, at any resolution divisible by the patch size (sin-cos positions are regenerated)."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        dim = config.hidden_size
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # fixed, never trained: a buffer (saved with the weights, as the official checkpoints hold it)
+        self.register_buffer("pos_embed", torch.zeros(1, config.num_patches + 1, dim))
+        drop_rates = torch.linspace(0, config.drop_path_rate, max(config.num_hidden_layers, 1)).tolist()
+        self.blocks = nn.ModuleList([
+            MAEBlock(config, dim, config.num_attention_heads, config.intermediate_size, drop_rates[i])
+            for i in range(config.num_hidden_layers)
+        ])
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def position_embedding(self, grid_size: tuple[int, int]) -> torch.Tensor:
+        if tuple(grid_size) == self.config.grid_size:
+            return self.pos_embed
+        return sincos_pos_embed(self.config.hidden_size, grid_size, self.pos_embed.device).to(self.pos_embed.dtype)
+
+    def forward_features(self, pixel_values, mask_ratio=None, noise=None, output_attentions=False,
+                         output_hidden_states=False):
+        """Tokens before the final norm, (B, 1 + K, D), plus mask, ids_restore, hidden states, attentions."""
+        grid = self._check_pixel_values(pixel_values)
+        pos = self.position_embedding(grid)
+        x = self.patch_embed(pixel_values) + pos[:, 1:]  # (B, N, D): each token carries its own position
+        mask = ids_restore = None
+        if mask_ratio or noise is not None:
+            ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+            x, mask, ids_restore = random_masking(x, ratio, noise)  # (B, K, D)
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        hidden_states, attentions = [], []
+        for block in self.blocks:
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, weights = block(x, output_attentions)
+            if output_attentions:
+                attentions.append(weights)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return x, mask, ids_restore, tuple(hidden_states) or None, tuple(attentions) or None
+
+    def forward(self, pixel_values: torch.Tensor, mask_ratio: float | None = None,
+                noise: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+        """pixel_values (B, C, H, W). `mask_ratio` masks that fraction of patches (None or 0: no masking);
+        `noise` (B, N) fixes which patches are kept (lowest noise first), with `config.mask_ratio` when no
+        ratio is given."""
+        output_attentions = output_attentions or self.config.output_attentions
+        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        x, mask, ids_restore, hidden_states, attentions = self.forward_features(
+            pixel_values, mask_ratio, noise, output_attentions, output_hidden_states)
+        x = self.norm(x)
+        output = MAEModelOutput(last_hidden_state=x, pooler_output=x[:, 0], mask=mask, ids_restore=ids_restore,
+                                hidden_states=hidden_states, attentions=attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MAEForPreTraining(MAEPreTrainedModel):
+    """Encoder + light decoder + masked-patch MSE (per-patch normalised targets when `norm_pix_loss`)."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.encoder = MAEModel(config)
+        dim = config.decoder_hidden_size
+        self.decoder_embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("decoder_pos_embed", torch.zeros(1, config.num_patches + 1, dim))
+        self.decoder_blocks = nn.ModuleList([
+            MAEBlock(config, dim, config.decoder_num_attention_heads, config.decoder_intermediate_size)
+            for _ in range(config.decoder_num_hidden_layers)
+        ])
+        self.decoder_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)
+        self.post_init()
+
+    def decoder_position_embedding(self, grid_size: tuple[int, int]) -> torch.Tensor:
+        if tuple(grid_size) == self.config.grid_size:
+            return self.decoder_pos_embed
+        pos = sincos_pos_embed(self.config.decoder_hidden_size, grid_size, self.decoder_pos_embed.device)
+        return pos.to(self.decoder_pos_embed.dtype)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int]):
+        """latent (B, 1 + K, D) -> per-patch predictions (B, N, p*p*C) for all N patches."""
+        x = self.decoder_embed(latent)  # (B, 1 + K, Dd)
+        batch, num_patches = ids_restore.shape
+        mask_tokens = self.mask_token.to(x.dtype).expand(batch, num_patches + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, N, Dd) in shuffled order
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_position_embedding(grid_size)
+        for block in self.decoder_blocks:
+            x, _ = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def forward_loss(self, pixel_values: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the patch vector, averaged over masked patches only (in fp32)."""
+        target = self.patchify(pixel_values).float()
+        if self.config.norm_pix_loss:
+            target = normalize_patches(target)[0]
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (B, N)
+        mask = mask.float()
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(self, pixel_values: torch.Tensor, mask_ratio: float | None = None,
+                noise: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if not 0 < ratio < 1:
+            raise ValueError(f"pretraining needs 0 < mask_ratio < 1 (the loss is computed on masked patches "
+                             f"only), got {ratio}")
+        grid = self._check_pixel_values(pixel_values)
+        encoded = self.encoder(pixel_values, mask_ratio=ratio, noise=noise, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)
+        pred = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, grid)
+        loss = self.forward_loss(pixel_values, pred, encoded.mask)
+        output = MAEForPreTrainingOutput(loss=loss, logits=pred, mask=encoded.mask,
+                                         ids_restore=encoded.ids_restore, hidden_states=encoded.hidden_states,
+                                         attentions=encoded.attentions)
+        return output if return_dict is not False else (loss, pred, encoded.mask)
+
+
+class MAEForImageClassification(MAEPreTrainedModel):
+    """MAE encoder + classification head.
+
+    `classifier_head="linear_probe"` (official linear probing): frozen encoder kept in eval mode, features
+    after the final norm (CLS or mean of patch tokens), BatchNorm without affine, Linear.
+    `classifier_head="finetune"`: trainable encoder, pooled tokens before the final norm, LayerNorm
+    (fc_norm), Linear: the official fine-tuning head with global average pooling.
+    """
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.encoder = MAEModel(config)
+        dim = config.hidden_size
+        if config.classifier_head == "linear_probe":
+            self.fc_norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+            self.encoder.requires_grad_(False)
+        else:
+            self.fc_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.head = nn.Linear(dim, config.num_labels)
+        self.head.init_std = 0.01 if self.is_linear_probe else 2e-5  # official head inits
+        self.post_init()
+
+    @property
+    def is_linear_probe(self) -> bool:
+        return self.config.classifier_head == "linear_probe"
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.is_linear_probe:
+            self.encoder.eval()  # frozen features: no dropout/drop-path
+        return self
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features that enter `fc_norm`, (B, D)."""
+        if self.is_linear_probe:
+            with torch.no_grad():
+                return self.pool(self.encoder(pixel_values).last_hidden_state)
+        return self.pool(self.encoder.forward_features(pixel_values)[0])
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None, **kwargs):
+        """`labels`: class indices (B,) or soft targets (B, num_labels), e.g. from mixup."""
+        logits = self.head(self.fc_norm(self.features(pixel_values)))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.float() if labels.is_floating_point() else labels)
+        output = ImageClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEPreTrainedModel",
+           "sincos_pos_embed", "random_masking"]
