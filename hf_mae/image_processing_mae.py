@@ -63,7 +63,7 @@ def convert_image_mode(image: Image.Image, num_channels: int = 3) -> Image.Image
             values = values * 255.0  # float images in [0, 1]
         elif values.size and values.max() > 255:
             values = values * (255.0 / (65535.0 if values.max() <= 65535 else values.max()))
-        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):

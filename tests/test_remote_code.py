@@ -1,0 +1,63 @@
+"""A saved folder carries its code: it loads with every Auto class where hf_mae cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from conftest import tiny_config
+
+from hf_mae import MAEForPreTraining, MAEImageProcessor
+from hf_mae.modeling_mae import AUTO_MAP
+
+CHILD = textwrap.dedent("""
+    import sys
+    sys.modules["hf_mae"] = None  # any `import hf_mae` now fails
+    import torch
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                              AutoModelForPreTraining)
+    folder = sys.argv[1]
+    pixels = torch.load(sys.argv[2])
+    out = {}
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    out["config"] = type(config).__name__
+    full = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
+    out["pretraining"] = type(full).__name__
+    out["logits"] = full(pixels, noise=torch.linspace(0, 1, 16).expand(2, 16)).logits.sum().item()
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    out["encoder"] = type(encoder).__name__
+    out["features"] = encoder(pixels).last_hidden_state.sum().item()
+    clf = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, num_labels=4)
+    out["classifier"] = type(clf).__name__
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    out["processor"] = type(processor).__name__
+    out["hf_mae_modules"] = sorted(m for m in sys.modules if m.startswith("hf_mae."))
+    print("RESULT", __import__("json").dumps(out))
+""")
+
+
+def test_saved_folder_loads_without_hf_mae(tmp_path):
+    model = MAEForPreTraining(tiny_config()).eval()
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    MAEImageProcessor.for_config(model.config).save_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["auto_map"] == AUTO_MAP
+    for name in ("modeling_mae.py", "configuration_mae.py", "image_processing_mae.py"):
+        assert (folder / name).exists(), name
+
+    pixels = torch.randn(2, 3, 16, 16)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(tmp_path / "pixels.pt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["config"] == "MAEConfig" and result["pretraining"] == "MAEForPreTraining"
+    assert result["encoder"] == "MAEModel" and result["classifier"] == "MAEForImageClassification"
+    assert result["processor"] == "MAEImageProcessor" and result["hf_mae_modules"] == []
+    expected = model(pixels, noise=torch.linspace(0, 1, 16).expand(2, 16)).logits.sum().item()
+    assert abs(result["logits"] - expected) < 1e-3
+    assert abs(result["features"] - model.encoder(pixels).last_hidden_state.sum().item()) < 1e-3
