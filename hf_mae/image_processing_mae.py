@@ -49,32 +49,56 @@ def denormalize_patches(patches: torch.Tensor, mean: torch.Tensor, var: torch.Te
     return patches * (var + eps).sqrt() + mean
 
 
-def convert_image_mode(image: Image.Image, num_channels: int = 3) -> Image.Image:
-    """Any PIL mode -> "RGB" (3 channels) or "L" (1 channel).
+def _to_uint8(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit / 32-bit int / float single-band image to 8 bits without clipping the top away.
 
-    High-bit-depth modes (I;16, I, F) are scaled to 8 bits rather than clipped; transparent images
-    (RGBA, LA, P with transparency) are composited on white; CMYK/YCbCr/LAB/HSV go through RGB.
+    I;16*: the full 16-bit range (x / 257). I: as 8-bit if within 0..255, as 16-bit if within 0..65535, else
+    its own min..max. F: x * 255 if within 0..1, as is if within 0..255, else its own min..max.
     """
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16"):
-            values = values / 257.0  # 0..65535 -> 0..255
-        elif image.mode == "F" and values.size and values.max() <= 1.0:
-            values = values * 255.0  # float images in [0, 1]
-        elif values.size and values.max() > 255:
-            values = values * (255.0 / (65535.0 if values.max() <= 65535 else values.max()))
-        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8))
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba).convert("RGB")
-    target = "L" if num_channels == 1 else "RGB"
-    if num_channels not in (1, 3):
-        raise ValueError(f"PIL images can be converted to 1 or 3 channels, not num_channels={num_channels}; "
-                         "pass a (C, H, W) numpy array or tensor instead")
-    return image if image.mode == target else image.convert(target)
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        out = a.astype(np.float32) / 257.0
+    else:
+        a = a.astype(np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            out = a * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            out = a
+        elif img.mode == "I" and lo >= 0.0 and hi <= 65535.0:
+            out = a / 257.0
+        else:
+            out = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def convert_image_mode(img: Image.Image, num_channels: int = 3) -> Image.Image:
+    """Convert any PIL mode to "RGB" (num_channels=3) or "L" (num_channels=1).
+
+    An image already in the target mode is returned as is (a lazily opened JPEG stays undecoded, so the
+    train transform can still use reduced decoding). Transparent images are composited on white, as
+    transformers' `convert_rgb` does, so train and eval preprocessing agree. High-bit-depth modes are
+    rescaled to 8 bits (see `_to_uint8`).
+    """
+    target = {3: "RGB", 1: "L"}.get(num_channels)
+    if target is None:
+        raise ValueError(f"num_channels must be 1 or 3 for PIL images, got {num_channels}; pass a (C, H, W) "
+                         "numpy array or tensor for other channel counts")
+    mode = img.mode
+    if mode == target:
+        return img
+    if mode.startswith("I") or mode == "F":
+        return _to_uint8(img).convert(target) if target != "L" else _to_uint8(img)
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert(target)
+    try:
+        return img.convert(target)
+    except ValueError:  # e.g. LAB -> L has no direct conversion
+        return img.convert("RGB").convert(target)
 
 
 class MAEImagesKwargs(ImagesKwargs, total=False):

@@ -1,0 +1,240 @@
+"""Tiny end-to-end pretraining runs on datasets generated here (every source the script accepts)."""
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForPreTraining
+
+from hf_mae.pretraining import main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def picture(label: int, seed: int, size=(20, 20)) -> Image.Image:
+    """Class 0: dark left half; class 1: dark top half; plus noise."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(120, 255, (size[1], size[0], 3), dtype=np.uint8)
+    if label == 0:
+        array[:, : size[0] // 2] //= 4
+    else:
+        array[: size[1] // 2] //= 4
+    return Image.fromarray(array)
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 16), ("val", 8)):
+        for label, name in enumerate(("a_left", "b_top")):
+            folder = root / "folder" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                picture(label, hash((split, label, i)) % 10_000).save(folder / f"{i}.png")
+    (root / "folder" / "train" / "a_left" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    rows = [(jpeg_bytes(picture(i % 2, i)), i % 2) for i in range(32)]
+    pq.write_table(pa.table({"image": [{"bytes": b, "path": None} for b, _ in rows],
+                             "label": [lab for _, lab in rows]}), root / "train.parquet")
+    pq.write_table(pa.table({"__key__": [f"{i:05d}" for i in range(32)], "jpg": [b for b, _ in rows],
+                             "cls": [lab for _, lab in rows]}), root / "wds.parquet")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    return root
+
+
+def run(data_root: Path, out: Path, *extra: str) -> dict:
+    argv = ["--model_config", str(data_root / "tiny.json"), "--output_dir", str(out), "--per_device_batch_size",
+            "8", "--epochs", "2", "--num_workers", "0", "--logging_steps", "1", "--image_log_every", "1",
+            "--mixed_precision", "no", "--blr", "1e-3", "--warmup_epochs", "1", *extra]
+    return main(parse_args(argv))
+
+
+def test_imagefolder_run_writes_every_output(data_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="corrupt.png"):
+        results = run(data_root, out, "--train_dir", str(data_root / "folder" / "train"), "--eval_dir",
+                      str(data_root / "folder" / "val"))
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_mae.py",
+                 "encoder/config.json", "encoder/model.safetensors", "training_args.json", "log.jsonl",
+                 "results.json", "loss_curve.png", "reconstruction_final.png", "reconstructions/epoch_0001.png"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["final_loss"] == results["final_loss"] and math.isfinite(saved["final_loss"])
+    assert 0 <= saved["knn_top1"] <= 100 and "knn_top1_init" in saved and "knn_top1_raw_pixels" in saved
+    assert saved["effective_batch_size"] == 8 and saved["lr"] == pytest.approx(1e-3 * 8 / 256)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))  # 33 images -> 4 steps/epoch
+    assert len(steps) == 8 and all({"lr", "epoch", "images_per_s", "data_wait_fraction"} <= set(r) for r in steps)
+    full = AutoModelForPreTraining.from_pretrained(out)
+    encoder = AutoModel.from_pretrained(out / "encoder")
+    assert type(full).__name__ == "MAEForPreTraining" and type(encoder).__name__ == "MAEModel"
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, full.encoder.blocks[0].attn.qkv.weight)
+    with pytest.raises(SystemExit, match="finished run"):  # never overwrite a finished run silently
+        run(data_root, out, "--train_dir", str(data_root / "folder" / "train"))
+
+
+def test_strict_images_fails_on_the_corrupt_file(data_root, tmp_path):
+    with pytest.raises(ValueError, match="corrupt.png"):
+        run(data_root, tmp_path / "strict", "--train_dir", str(data_root / "folder" / "train"), "--strict_images")
+
+
+@pytest.mark.parametrize("source", ["parquet", "webdataset", "streaming"])
+def test_other_sources(data_root, tmp_path, source):
+    name = "wds.parquet" if source == "webdataset" else "train.parquet"
+    extra = ["--data_files", str(data_root / name)]
+    if source == "streaming":
+        extra += ["--streaming", "--max_train_steps", "3"]
+    results = run(data_root, tmp_path / source, *extra, "--knn_every", "-1")
+    assert math.isfinite(results["final_loss"])
+    assert results["optimizer_steps"] == (3 if source == "streaming" else 8)
+
+
+def test_resume_at_epoch_boundary_reproduces_the_uninterrupted_run(data_root, tmp_path):
+    data = ["--data_files", str(data_root / "train.parquet"), "--knn_every", "-1", "--image_log_every", "0",
+            "--checkpoints_total_limit", "5"]
+    run(data_root, tmp_path / "full", *data)
+    checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8"]
+    run(data_root, tmp_path / "resumed", *data, "--resume_from_checkpoint", str(checkpoints[0]))
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for key, value in full.items():
+        assert torch.allclose(value, resumed[key], atol=1e-6), key
+
+
+def test_mid_epoch_resume_and_rotation(data_root, tmp_path):
+    """Mid-epoch resume continues the same schedule and data order (the random crops and masks of the rest of
+    that epoch are fresh draws: the data iterator takes its seed from the restored RNG when it starts)."""
+    data = ["--data_files", str(data_root / "train.parquet"), "--knn_every", "-1", "--image_log_every", "0",
+            "--checkpointing_steps", "3", "--checkpoints_total_limit", "2"]
+    run(data_root, tmp_path / "full", *data)
+    names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert names == ["checkpoint-3", "checkpoint-6"]  # checkpoint-... older ones rotated away
+    state = json.loads((tmp_path / "full" / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
+    assert state == {"update_step": 6, "epoch": 1, "batches_in_epoch": 2, "nonfinite_steps": 0}
+    run(data_root, tmp_path / "resumed", *data, "--resume_from_checkpoint",
+        str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))
+
+    def lr_by_step(folder):
+        records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: (r["lr"], r["epoch"]) for r in records if "loss" in r}
+
+    full, resumed = lr_by_step(tmp_path / "full"), lr_by_step(tmp_path / "resumed")
+    assert sorted(resumed) == [7, 8] and all(resumed[s] == full[s] for s in resumed)
+
+
+def test_init_from_keeps_the_checkpoint_loss_target(data_root, tmp_path):
+    from hf_mae import MAEConfig, MAEForPreTraining
+
+    MAEForPreTraining(MAEConfig(**TINY, norm_pix_loss=False)).save_pretrained(tmp_path / "pixels")
+    data = ["--data_files", str(data_root / "train.parquet"), "--knn_every", "-1", "--max_train_steps", "1"]
+    run(data_root, tmp_path / "a", *data, "--init_from", str(tmp_path / "pixels"))
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["norm_pix_loss"] is False
+    run(data_root, tmp_path / "b", *data, "--init_from", str(tmp_path / "pixels"), "--norm_pix_loss")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["norm_pix_loss"] is True
+
+
+def test_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(data_root, tmp_path, monkeypatch):
+    from hf_mae.modeling_mae import MAEForPreTraining
+
+    real = MAEForPreTraining.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        loss = real(self, *args)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(MAEForPreTraining, "forward_loss", poisoned)
+    with pytest.raises(RuntimeError, match="non-finite.*checkpoint-4"):
+        run(data_root, tmp_path / "nan", "--data_files", str(data_root / "train.parquet"), "--knn_every", "-1",
+            "--max_nonfinite_steps", "3")
+    saved = load_file(tmp_path / "nan" / "checkpoints" / "checkpoint-4" / "model" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def _script(*args: str, env=None, **kwargs):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen(list(args), cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def test_sigkill_then_resume_latest(data_root, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "scripts/pretrain.py", "--model_config", str(data_root / "tiny.json"), "--data_files",
+            str(data_root / "train.parquet"), "--output_dir", str(out), "--per_device_batch_size", "8",
+            "--epochs", "50", "--num_workers", "0", "--checkpointing_steps", "2", "--knn_every", "-1",
+            "--image_log_every", "0", "--mixed_precision", "no"]
+    proc = _script(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    finished = _script(*args[:args.index("--epochs")], "--epochs", "3", *args[args.index("--epochs") + 2:],
+                       "--resume_from_checkpoint", "latest")
+    output, _ = finished.communicate(timeout=300)
+    assert finished.returncode == 0, output[-3000:]
+    assert "resumed_from" in output and json.loads((out / "results.json").read_text())["optimizer_steps"] == 12
+
+
+def test_two_processes_see_different_data_and_write_once(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _script(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--main_process_port", "29512", "scripts/pretrain.py",
+                   "--model_config", str(data_root / "tiny.json"), "--data_files", str(data_root / "train.parquet"),
+                   "--output_dir", str(out), "--per_device_batch_size", "4", "--epochs", "1", "--num_workers", "0",
+                   "--knn_every", "-1", "--mixed_precision", "no", env={"ACCELERATE_USE_CPU": "1"})
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in log if r.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["processes"] == 2 and starts[0]["effective_batch_size"] == 8
+    sums = next(r for r in log if r.get("event") == "first_batch")["pixel_sums_per_process"]
+    assert len(sums) == 2 and sums[0] != sums[1]
+    assert json.loads((out / "results.json").read_text())["optimizer_steps"] == 4  # 32 images / 8 per step
+
+
+@pytest.mark.parametrize("name, kind, processes", [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 8),
+                                                    ("fsdp", "FSDP", 8), ("multi_node", "MULTI_GPU", 16),
+                                                    ("cpu_2proc", "MULTI_GPU", 2)])
+def test_shipped_accelerate_configs_parse(name, kind, processes):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "scripts" / "configs" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.num_processes == processes
