@@ -274,7 +274,7 @@ class MAEModel(MAEPreTrainedModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # fixed, never trained: a buffer (saved with the weights, as the official checkpoints hold it)
         self.register_buffer("pos_embed", torch.zeros(1, config.num_patches + 1, dim))
-        drop_rates = torch.linspace(0, config.drop_path_rate, max(config.num_hidden_layers, 1)).tolist()
+        drop_rates = torch.linspace(0, config.drop_path_rate, max(config.num_hidden_layers, 1), device="cpu").tolist()
         self.blocks = nn.ModuleList([
             MAEBlock(config, dim, config.num_attention_heads, config.intermediate_size, drop_rates[i])
             for i in range(config.num_hidden_layers)
