@@ -1,0 +1,283 @@
+"""Benchmark hf_mae against transformers' ViTMAE: same config, same weights, interleaved rounds.
+
+Cases (each: warm-up excluded, rounds interleaved A B A B ..., medians and the median of per-round ratios):
+    train_base   training step (forward, backward, optimizer step), ViT-B/16 224 px, batch 8
+    train_small  the same for the embedded-data preset (mae-vit-mnist-patch4), batch 64
+    infer_base   encoder inference (no masking), ViT-B/16, batch 32, at equal precision
+    data         training data pipeline, images/s on one core, on 500x375 quality-90 JPEGs made here
+    memory       peak memory (RSS on CPU, allocated on GPU) of one train_base step, each side in its own process
+
+"hf_mae" runs at its defaults (bf16 autocast where the hardware computes bf16 natively, fused AdamW, fused
+qkv, matmul+softmax attention for bf16 training on CPU); "transformers" at its defaults (fp32, sdpa,
+torch's default AdamW). `--equal` runs both in the same precision with the same optimizer implementation.
+
+    python scripts/benchmark.py --case all --rounds 5 --json outputs/bench.json --markdown BENCHMARKS.md
+"""
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ViTMAEModel
+
+from hf_mae import MAEConfig, MAEForPreTraining
+from hf_mae.convert import config_to_transformers, to_transformers
+from hf_mae.data import TrainTransform
+from hf_mae.optim import build_adamw, param_groups_weight_decay
+from hf_mae.pretraining import resolve_mixed_precision
+
+CASES = ("train_base", "train_small", "infer_base", "data", "memory")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_models(preset: str, device):
+    """hf_mae pretraining model and a transformers ViTMAE with identical weights."""
+    torch.manual_seed(0)
+    ours = MAEForPreTraining(MAEConfig.from_preset(preset)).to(device)
+    theirs = to_transformers(ours.cpu()).to(device)
+    ours.to(device)
+    return ours, theirs
+
+
+def train_step_fn(model, device, batch: int, amp_dtype, fused: bool | None, is_ours: bool):
+    config = model.config
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    pixels = torch.randn(batch, config.num_channels, size, size, device=device)
+    if is_ours:
+        optimizer = build_adamw(param_groups_weight_decay(model, 0.05), lr=1e-4, fused=fused)
+    else:  # what a transformers user gets: torch's default AdamW (for-loop on CPU) unless told otherwise
+        kwargs = {"fused": True} if fused else {}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, **kwargs)
+    model.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = model(pixel_values=pixels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+    return step
+
+
+def infer_fn(model, device, batch: int, amp_dtype):
+    config = model.config
+    pixels = torch.randn(batch, config.num_channels, config.image_size, config.image_size, device=device)
+    model.eval()
+
+    @torch.no_grad()
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(pixel_values=pixels)
+        sync(device)
+    return step
+
+
+def interleave(fn_a, fn_b, rounds: int, warmup: int, repeats: int) -> dict:
+    """Median seconds per call of each side and the median of per-round b/a ratios (speedup of a)."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(rounds):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times.append((time.perf_counter() - start) / repeats)
+    ratios = [b / a for a, b in zip(times_a, times_b)]
+    return {"hf_mae_s": statistics.median(times_a), "transformers_s": statistics.median(times_b),
+            "speedup": statistics.median(ratios), "rounds": rounds,
+            "per_round_speedups": [round(r, 3) for r in ratios]}
+
+
+def bench_train(preset: str, batch: int, args, device) -> dict:
+    ours, theirs = make_models(preset, device)
+    ours_amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision("auto"))
+    if args.equal:
+        amp, fused = ours_amp, True
+        a = train_step_fn(ours, device, batch, amp, fused, True)
+        b = train_step_fn(theirs, device, batch, amp, fused, False)
+    else:
+        a = train_step_fn(ours, device, batch, ours_amp, None, True)
+        b = train_step_fn(theirs, device, batch, None, False, False)
+    result = interleave(a, b, args.rounds, args.warmup, args.repeats)
+    result["images_per_s_hf_mae"] = batch / result["hf_mae_s"]
+    result["images_per_s_transformers"] = batch / result["transformers_s"]
+    return result
+
+
+def bench_infer(args, device) -> dict:
+    torch.manual_seed(0)
+    ours_full, _ = make_models("mae-vit-base-patch16", device)
+    ours = ours_full.encoder
+    theirs_config = config_to_transformers(ours_full.config)
+    theirs_config.mask_ratio = 0.0  # transformers' ViTMAEModel always masks: ratio 0 keeps every patch
+    theirs = ViTMAEModel(theirs_config).to(device)
+    theirs.load_state_dict({k.removeprefix("vit."): v for k, v in to_transformers(ours_full.cpu()).state_dict().items()
+                            if k.startswith("vit.")})
+    ours.to(device)
+    amp = {"bf16": torch.bfloat16}.get(resolve_mixed_precision("auto")) if args.equal else None
+    return interleave(infer_fn(ours, device, 32, amp), infer_fn(theirs, device, 32, amp),
+                      args.rounds, args.warmup, args.repeats)
+
+
+def make_jpegs(count: int = 64) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):  # smooth gradients + noise: compresses like a photo, not like white noise
+        y, x = np.mgrid[0:375, 0:500]
+        base = np.stack([(x * rng.uniform(0.2, 0.6) + y * rng.uniform(0.1, 0.4)) % 256,
+                         (x * rng.uniform(0.1, 0.5)) % 256, (y * rng.uniform(0.2, 0.7)) % 256], axis=-1)
+        image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def bench_data(args) -> dict:
+    """One core: hf_mae's TrainTransform vs plain PIL decode + RandomResizedCrop-like crop + resize + flip."""
+    torch.set_num_threads(1)
+    jpegs = make_jpegs()
+    transform = TrainTransform(224)
+    rng = np.random.default_rng(0)
+
+    def ours():
+        for data in jpegs:
+            transform(Image.open(io.BytesIO(data)))
+
+    def plain():
+        for data in jpegs:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            w, h = image.size
+            cw, ch = int(w * rng.uniform(0.45, 1)), int(h * rng.uniform(0.45, 1))
+            left, top = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            image = image.crop((left, top, left + cw, top + ch)).resize((224, 224), Image.Resampling.BICUBIC)
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            (torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255 - 0.45) / 0.225
+
+    result = interleave(ours, plain, args.rounds, 1, 1)
+    result["images_per_s_hf_mae"] = len(jpegs) / result["hf_mae_s"]
+    result["images_per_s_plain_pil"] = len(jpegs) / result["transformers_s"]
+    result["note"] = "transformers_s is the plain PIL pipeline here (one core)"
+    torch.set_num_threads(os.cpu_count() or 1)
+    return result
+
+
+def peak_memory_child(side: str) -> None:
+    """Run in a fresh process: one warm-up and two train_base steps; print peak memory in MB."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ours, theirs = make_models("mae-vit-base-patch16", device)
+    if side == "hf_mae":
+        del theirs
+        step = train_step_fn(ours, device, 8, {"bf16": torch.bfloat16}.get(resolve_mixed_precision("auto")),
+                             None, True)
+    else:
+        del ours
+        step = train_step_fn(theirs, device, 8, None, False, False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        print(json.dumps({"peak_mb": torch.cuda.max_memory_allocated() / 2**20}))
+    else:
+        print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_memory() -> dict:
+    peaks = {}
+    for side in ("hf_mae", "transformers"):
+        proc = subprocess.run([sys.executable, __file__, "--_memory_child", side], capture_output=True, text=True,
+                              check=True)
+        peaks[side] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    return {"hf_mae_peak_mb": peaks["hf_mae"], "transformers_peak_mb": peaks["transformers"],
+            "ratio": peaks["hf_mae"] / peaks["transformers"]}
+
+
+def machine_info(device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+            platform.machine(), "threads": torch.get_num_threads(), "device": str(device),
+            "mixed_precision_auto": resolve_mixed_precision("auto")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = [f"Command: `{command}`", "", f"Machine: `{json.dumps(results['machine'])}`", "",
+             "| case | hf_mae | transformers | speedup (median of per-round ratios) |", "|---|---|---|---|"]
+    for case, r in results["cases"].items():
+        if case == "memory":
+            lines.append(f"| peak memory, train_base | {r['hf_mae_peak_mb']:.0f} MB | "
+                         f"{r['transformers_peak_mb']:.0f} MB | {r['ratio']:.2f}x of transformers |")
+        elif case == "data":
+            lines.append(f"| data, 1 core, 500x375 JPEG -> 224 | {r['images_per_s_hf_mae']:.0f} img/s | "
+                         f"{r['images_per_s_plain_pil']:.0f} img/s (plain PIL) | {r['speedup']:.2f}x |")
+        else:
+            lines.append(f"| {case} | {r['hf_mae_s'] * 1000:.0f} ms | {r['transformers_s'] * 1000:.0f} ms | "
+                         f"{r['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=CASES + ("all",), default="all")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measured rounds per case")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured calls of each side first")
+    parser.add_argument("--repeats", type=int, default=2, help="calls per round (averaged)")
+    parser.add_argument("--equal", action="store_true",
+                        help="same precision and optimizer implementation on both sides")
+    parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--markdown", default=None, help="append a results table to this file (BENCHMARKS.md)")
+    parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._memory_child:
+        peak_memory_child(args._memory_child)
+        return {}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = CASES if args.case == "all" else (args.case,)
+    results = {"machine": machine_info(device), "equal_settings": args.equal, "cases": {}}
+    for case in cases:
+        print(f"running {case} ...", flush=True)
+        if case == "train_base":
+            results["cases"][case] = bench_train("mae-vit-base-patch16", 8, args, device)
+        elif case == "train_small":
+            results["cases"][case] = bench_train("mae-vit-mnist-patch4", 64, args, device)
+        elif case == "infer_base":
+            results["cases"][case] = bench_infer(args, device)
+        elif case == "data":
+            results["cases"][case] = bench_data(args)
+        elif case == "memory":
+            results["cases"][case] = bench_memory()
+        print(json.dumps(results["cases"][case], indent=1), flush=True)
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = markdown(results, command)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write("\n" + table)
+    return results
+
+
+if __name__ == "__main__":
+    main()
