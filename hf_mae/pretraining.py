@@ -469,9 +469,13 @@ def main(args: argparse.Namespace) -> dict:
                                      f"  logs and figures:       {out_dir / 'log.jsonl'}, {out_dir / 'loss_curve.png'},"
                                      f" {out_dir / 'reconstruction_final.png'}"]))
         if args.push_to_hub:
-            from .hub import push_pretraining_outputs
+            from .hub import HubPushError, push_pretraining_outputs
 
-            push_pretraining_outputs(out_dir, args.hub_model_id, private=args.hub_private)
+            try:
+                push_pretraining_outputs(out_dir, args.hub_model_id, private=args.hub_private)
+            except HubPushError as error:  # the run itself is saved; say how to retry the push
+                message = f"Training finished and is saved in {out_dir}, but the push failed:\n{error}"
+                raise SystemExit(message) from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
