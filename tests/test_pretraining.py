@@ -238,3 +238,26 @@ def test_shipped_accelerate_configs_parse(name, kind, processes):
 
     config = load_config_from_file(str(REPO / "scripts" / "configs" / f"{name}.yaml"))
     assert config.distributed_type.value == kind and config.num_processes == processes
+
+
+def test_schedule_is_set_per_optimizer_step_under_accumulation(data_root, tmp_path):
+    from hf_mae.optim import lr_at_step
+
+    out = tmp_path / "accum"
+    results = run(data_root, out, "--data_files", str(data_root / "train.parquet"), "--knn_every", "-1",
+                  "--image_log_every", "0", "--gradient_accumulation_steps", "2")
+    lr = 1e-3 * 16 / 256  # effective batch: 8 per device x 2 accumulation steps
+    assert results["effective_batch_size"] == 16 and results["lr"] == pytest.approx(lr)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 4 batches per epoch / 2 = 2 optimizer steps per epoch
+    for r in steps:  # warmup 1 epoch = 2 optimizer steps, then cosine; the logged lr is the step's own
+        assert r["lr"] == pytest.approx(lr_at_step(r["step"] - 1, 4, 2, lr), abs=1e-12)
+
+
+def test_missing_tracker_is_a_clear_warning(capsys):
+    from hf_mae.pretraining import trackers_from
+
+    assert trackers_from("none") is None and trackers_from("all") == "all"
+    assert trackers_from("surely_not_a_tracker_pkg") is None
+    assert "not installed" in capsys.readouterr().err
