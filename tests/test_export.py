@@ -1,0 +1,296 @@
+"""Deployment exports: ONNX (dynamic batch), torch.export, TorchScript and int8 against PyTorch, standalone
+loading without hf_mae, and the bad-input errors (pretraining model, missing optional dependency)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
+from hf_mae.export import (
+    FILE_NAMES,
+    ExportParityError,
+    MissingExportDependency,
+    PretrainingModelError,
+    build_parser,
+    check_export,
+    export_model,
+    export_onnx,
+    export_program,
+    export_torchscript,
+    load_model,
+    main,
+    onnx_session,
+    parse_args,
+    quantize_int8,
+    wrap_for_export,
+)
+
+ATOL = 1e-4
+
+
+@torch.no_grad()
+def randomized(model):
+    """Non-trivial weights everywhere (LayerNorm scales, biases, the probe's BatchNorm statistics)."""
+    generator = torch.Generator().manual_seed(1)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and "pos_embed" not in name:
+            noise = torch.randn(tensor.shape, generator=generator) * 0.2
+            tensor.copy_(noise.abs() + 0.5 if "running_var" in name else tensor + noise)
+    return model.eval()
+
+
+def pixels(batch: int, seed: int = 0, channels: int = 3, size: int = 16) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return randomized(MAEModel(tiny_config()))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    return randomized(MAEForImageClassification(tiny_config(num_labels=3)))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, encoder, classifier):
+    """save_pretrained folders: encoder, classifier, and a pretraining model with its encoder beside it."""
+    root = tmp_path_factory.mktemp("models")
+    processor = MAEImageProcessor.for_config(encoder.config)
+    for name, model in (("encoder", encoder), ("classifier", classifier)):
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+    pretraining = MAEForPreTraining(tiny_config())
+    pretraining.save_pretrained(root / "pretrain")
+    pretraining.encoder.save_pretrained(root / "pretrain" / "encoder")
+    return root
+
+
+def test_onnx_encoder_matches_pytorch_with_a_dynamic_batch_axis(tmp_path, encoder):
+    path = export_onnx(encoder, tmp_path / "encoder.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["pixel_values"]
+    assert [o.name for o in graph.output] == ["last_hidden_state", "pooler_output"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = onnx_session(path)
+    for batch in (1, 3):  # exported with batch 2: both must work
+        x = pixels(batch, seed=batch)
+        hidden, pooled = session.run(None, {"pixel_values": x.numpy()})
+        with torch.no_grad():
+            want = encoder(x)
+        assert hidden.shape == (batch, 1 + 16, 32)
+        np.testing.assert_allclose(hidden, want.last_hidden_state.numpy(), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(pooled, want.pooler_output.numpy(), rtol=0, atol=ATOL)
+
+
+def test_exported_encoder_never_masks(tmp_path, encoder):
+    """The seed's export traces the encoder as is; ours must give the unmasked, deterministic features."""
+    run = onnx_session(export_onnx(encoder, tmp_path / "encoder.onnx"))
+    x = pixels(2)
+    first = run.run(None, {"pixel_values": x.numpy()})[0]
+    assert first.shape[1] == 1 + encoder.config.num_patches  # every patch kept
+    np.testing.assert_array_equal(first, run.run(None, {"pixel_values": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("head", ["linear_probe", "finetune"])
+def test_classifier_exports_match_pytorch(tmp_path, head):
+    torch.manual_seed(0)
+    model = randomized(MAEForImageClassification(tiny_config(num_labels=3, classifier_head=head)))
+    processor = MAEImageProcessor.for_config(model.config)
+    info = export_model(model, tmp_path, ["onnx", "export", "torchscript"], processor=processor)
+    assert info["kind"] == "classifier" and info["outputs"] == ["logits"]
+    for fmt in ("onnx", "export", "torchscript"):
+        check = info["files"][fmt]["check"]
+        assert check["max_abs_diff"] <= ATOL, (fmt, check)
+        assert {"max_abs_diff_random_batch1", "max_abs_diff_random_batch3", "max_abs_diff_real"} <= check.keys()
+        assert "generated natural-looking pictures" in check["real_images"]
+        assert check["argmax_agreement_real"] == 1.0
+    saved_info = json.loads((tmp_path / "export_info.json").read_text())
+    assert saved_info["files"]["onnx"]["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert (tmp_path / "preprocessor_config.json").exists()
+
+
+def test_torch_export_and_torchscript_match_pytorch_at_any_batch(tmp_path, encoder, classifier):
+    cases = [(encoder, lambda m, x: (m(x).last_hidden_state, m(x).pooler_output)),
+             (classifier, lambda m, x: (m(x).logits,))]
+    for index, (model, reference) in enumerate(cases):
+        program = torch.export.load(str(export_program(model, tmp_path / f"m{index}.pt2"))).module()
+        traced = torch.jit.load(str(export_torchscript(model, tmp_path / f"m{index}.pt")))
+        for batch in (1, 3):
+            x = pixels(batch, seed=10 + batch)
+            with torch.no_grad():
+                want = reference(model, x)
+                for loaded in (program, traced):
+                    got = loaded(x)
+                    got = got if isinstance(got, tuple) else (got,)
+                    assert len(got) == len(want)
+                    for g, w in zip(got, want):
+                        torch.testing.assert_close(g, w, rtol=0, atol=ATOL)
+
+
+def two_class_pictures(count: int) -> tuple[list, np.ndarray]:
+    """Class 0: dark left half; class 1: dark top half; plus noise."""
+    images, labels = [], []
+    for seed in range(count):
+        label = seed % 2
+        array = np.random.default_rng(seed).integers(150, 255, (20, 20, 3), dtype=np.uint8)
+        if label == 0:
+            array[:, :10] //= 4
+        else:
+            array[:10] //= 4
+        images.append(Image.fromarray(array))
+        labels.append(label)
+    return images, np.array(labels)
+
+
+@torch.no_grad()
+def test_int8_is_smaller_and_keeps_the_predictions_of_a_separable_toy(tmp_path):
+    torch.manual_seed(0)
+    model = MAEForImageClassification(tiny_config(num_labels=2)).eval()
+    processor = MAEImageProcessor.for_config(model.config)
+    images, labels = two_class_pictures(64)
+    x = processor(images=images, return_tensors="pt")["pixel_values"]
+    # A probe fitted in closed form: BatchNorm statistics of the features, head along the class-mean difference.
+    features = model.features(x)
+    model.fc_norm.running_mean.copy_(features.mean(0))
+    model.fc_norm.running_var.copy_(features.var(0))
+    normed = (features - features.mean(0)) / features.var(0).add(1e-6).sqrt()
+    direction = normed[labels == 1].mean(0) - normed[labels == 0].mean(0)
+    model.head.weight.copy_(torch.stack([-direction, direction]) / direction.norm())
+    model.head.bias.zero_()
+    fp32_pred = model(x).logits.argmax(-1).numpy()
+    assert (fp32_pred == labels).all()  # the toy is separable: the test below means something
+
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "model_int8.onnx")
+    assert int8.stat().st_size < fp32.stat().st_size  # 4x smaller weights; a tiny model's graph is not
+
+    def weight_bytes(model):
+        return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+    quantized = onnx.load(str(int8))
+    assert weight_bytes(quantized) < 0.4 * weight_bytes(onnx.load(str(fp32)))
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear")
+               for node in quantized.graph.node)
+    for batch in (1, 64):
+        logits = onnx_session(int8).run(None, {"pixel_values": x[:batch].numpy()})[0]
+        assert (logits.argmax(-1) == labels[:batch]).all()
+        np.testing.assert_allclose(logits, model(x[:batch]).logits.numpy(), atol=0.1 * model(x).logits.abs().max())
+    report = check_export(model, int8, processor, atol=None)  # int8 is reported, not held to 1e-4
+    assert 0 < report["max_abs_diff"] and report["argmax_agreement_real"] >= 0.9
+
+    def integer_matmuls(path):
+        return sum(node.op_type == "MatMulInteger" for node in onnx.load(str(path)).graph.node)
+
+    layers = model.config.num_hidden_layers
+    assert integer_matmuls(int8) == 4 * layers + 1  # qkv, proj, fc1, fc2 per block + head; not q @ k, attn @ v
+    partial = quantize_int8(fp32, tmp_path / "partial.onnx", keep_fp32=["mlp/fc2", "head"])
+    assert integer_matmuls(partial) == 3 * layers
+
+
+STANDALONE = textwrap.dedent("""
+    import sys
+    sys.modules["hf_mae"] = None  # any import of hf_mae now fails
+    import numpy as np, onnxruntime, torch
+    folder = sys.argv[1]
+    x = np.load(folder + "/input.npy")
+    want = np.load(folder + "/logits.npy")
+    outputs = {
+        "onnx": onnxruntime.InferenceSession(folder + "/model.onnx").run(["logits"], {"pixel_values": x})[0],
+        "int8": onnxruntime.InferenceSession(folder + "/model_int8.onnx").run(None, {"pixel_values": x})[0],
+        "export": torch.export.load(folder + "/model.pt2").module()(torch.from_numpy(x)).detach().numpy(),
+        "torchscript": torch.jit.load(folder + "/model.pt")(torch.from_numpy(x)).detach().numpy(),
+    }
+    for name, logits in outputs.items():
+        tol = 0.1 * np.abs(want).max() if name == "int8" else 1e-4
+        assert logits.shape == want.shape and np.abs(logits - want).max() <= tol, (name, np.abs(logits - want).max())
+    try:
+        import hf_mae  # noqa: F401
+    except ImportError:
+        print("standalone ok")
+""")
+
+
+def test_exported_classifier_runs_without_hf_mae(tmp_path, saved):
+    model, processor = load_model(str(saved / "classifier"))
+    export_model(model, tmp_path, ["all"], processor=processor)
+    images, _ = two_class_pictures(5)
+    x = processor(images=images, return_tensors="pt")["pixel_values"]
+    np.save(tmp_path / "input.npy", x.numpy())
+    with torch.no_grad():
+        np.save(tmp_path / "logits.npy", model(x).logits.numpy())
+    result = subprocess.run([sys.executable, "-c", STANDALONE, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "standalone ok" in result.stdout
+
+
+def test_cli_exports_every_format_with_the_checks(tmp_path, saved, capsys):
+    out = tmp_path / "out"
+    info = main(parse_args(["--model", str(saved / "encoder"), "--format", "all", "--output", str(out)]))
+    assert info["kind"] == "encoder" and info["outputs"] == ["last_hidden_state", "pooler_output"]
+    for fmt, name in FILE_NAMES.items():
+        assert (out / name).exists()
+        assert "check" in info["files"][fmt]
+    for fmt in ("onnx", "export", "torchscript"):
+        assert info["files"][fmt]["check"]["max_abs_diff"] <= ATOL
+    assert info["files"]["int8"]["size_bytes"] < info["files"]["onnx"]["size_bytes"]
+    assert "max |diff| vs PyTorch" in capsys.readouterr().out
+
+
+def test_every_cli_flag_is_documented():
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
+
+
+def test_check_fails_when_the_export_does_not_match(tmp_path, encoder):
+    path = export_onnx(encoder, tmp_path / "encoder.onnx")
+    other = randomized(MAEModel(tiny_config()))
+    with torch.no_grad():
+        other.norm.bias.add_(1.0)
+    with pytest.raises(ExportParityError, match="differ from PyTorch"):
+        check_export(other, path)
+
+
+def test_pretraining_model_is_refused_pointing_at_its_encoder(saved):
+    folder = str(saved / "pretrain")
+    with pytest.raises(PretrainingModelError, match=r"--model .*pretrain/encoder"):
+        load_model(folder)
+    with pytest.raises(PretrainingModelError, match="classifier"):
+        wrap_for_export(MAEForPreTraining(tiny_config()))
+    with pytest.raises(SystemExit, match="encoder"):
+        main(parse_args(["--model", folder, "--output", str(saved / "never")]))
+    assert not (saved / "never").exists()
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch, encoder, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    with pytest.raises(MissingExportDependency, match=r"pip install 'hf_mae\[export\]'") as error:
+        export_model(encoder, tmp_path, ["int8"])
+    assert repr(missing) in str(error.value)
+    assert isinstance(error.value, ImportError)
+    if missing == "onnx":
+        with pytest.raises(MissingExportDependency, match=r"hf_mae\[export\]"):
+            export_onnx(encoder, tmp_path / "m.onnx")
+    else:
+        with pytest.raises(MissingExportDependency, match=r"hf_mae\[export\]"):
+            onnx_session(tmp_path / "m.onnx")
+
+
+def test_dynamo_onnx_exporter_matches_pytorch(tmp_path, encoder):
+    pytest.importorskip("onnxscript")
+    path = export_onnx(encoder, tmp_path / "encoder.onnx", exporter="dynamo")
+    assert check_export(encoder, path)["max_abs_diff"] <= ATOL
