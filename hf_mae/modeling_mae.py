@@ -415,6 +415,14 @@ class MAEForImageClassification(MAEPreTrainedModel):
         self.head.init_std = 0.01 if self.is_linear_probe else 2e-5  # official head inits
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
+        if model.is_linear_probe:  # loading re-creates the parameters: freeze the encoder again
+            model.encoder.requires_grad_(False)
+        return loaded
+
     @property
     def is_linear_probe(self) -> bool:
         return self.config.classifier_head == "linear_probe"

@@ -215,6 +215,25 @@ def trackers_from(report_to: str) -> list[str] | str | None:
     return available or None
 
 
+def start_run(args, out_dir: Path, log_with=None, fresh_log: bool = False):
+    """The Accelerator (mixed precision resolved, seedable sampler), seeds, the output folder and its RunLog.
+    `fresh_log` starts log.jsonl anew (evaluation runs); pretraining appends to it (resumes continue it)."""
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(args.mixed_precision),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=log_with,
+        project_dir=str(out_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if fresh_log:
+            (out_dir / "log.jsonl").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return accelerator, RunLog(accelerator, out_dir / "log.jsonl")
+
+
 @torch.no_grad()
 def log_reconstructions(model, processor, pixels, noise, path, statistics: str) -> None:
     model.eval()
@@ -229,17 +248,7 @@ def log_reconstructions(model, processor, pixels, noise, path, statistics: str) 
 def main(args: argparse.Namespace) -> dict:
     wall_start = time.time()
     out_dir = prepare_output_dir(args)
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(args.mixed_precision),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers_from(args.report_to),
-        project_dir=str(out_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    accelerator, run_log = start_run(args, out_dir, log_with=trackers_from(args.report_to))
 
     train_data, eval_data, info = load_datasets_from_args(args)
     model, processor = build_model(args)
@@ -286,7 +295,6 @@ def main(args: argparse.Namespace) -> dict:
             update_step, start_epoch = state["update_step"], state["epoch"]
             skip_batches, nonfinite_total = state["batches_in_epoch"], state.get("nonfinite_steps", 0)
 
-    run_log = RunLog(accelerator, out_dir / "log.jsonl")
     if accelerator.is_main_process:
         write_json_atomic(out_dir / "training_args.json", vars(args))
         if accelerator.log_with:

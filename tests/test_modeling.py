@@ -211,3 +211,11 @@ def test_finetune_classifier_trains_everything_and_takes_soft_labels():
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
     logp = out.logits.log_softmax(-1)
     assert torch.allclose(out.loss, -(soft * logp).sum(-1).mean(), atol=1e-6)
+
+
+def test_linear_probe_stays_frozen_after_loading(config, tmp_path):
+    config.num_labels = 3
+    MAEForImageClassification(config).save_pretrained(tmp_path)
+    loaded = MAEForImageClassification.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in loaded.encoder.parameters())
+    assert loaded.head.weight.requires_grad

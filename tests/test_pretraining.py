@@ -27,17 +27,6 @@ TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hid
             decoder_num_attention_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def picture(label: int, seed: int, size=(20, 20)) -> Image.Image:
     """Class 0: dark left half; class 1: dark top half; plus noise."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,146 @@
+"""Fine-tuning: mixup / cutmix / label smoothing, layer-wise lr decay groups, an end-to-end tiny run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification
+
+from hf_mae import MAEConfig, MAEForPreTraining, MAEImageProcessor
+from hf_mae.finetuning import main, parse_args
+from hf_mae.mixup import Mixup, cutmix_box, mix_targets, smooth_one_hot
+
+TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2)
+
+
+# --- mixup / cutmix / label smoothing ------------------------------------------------------------------
+
+
+def test_label_smoothing_values():
+    targets = smooth_one_hot(torch.tensor([2, 0]), num_classes=4, smoothing=0.1)
+    assert torch.allclose(targets[0], torch.tensor([0.025, 0.025, 0.925, 0.025]))
+    assert torch.allclose(targets.sum(1), torch.ones(2))
+    assert torch.equal(smooth_one_hot(torch.tensor([1]), 3), torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix", "none"])
+def test_mixed_targets_sum_to_one_and_match_the_pixels(mode):
+    batch = 6
+    pixels = torch.arange(batch * 3 * 8 * 10, dtype=torch.float32).reshape(batch, 3, 8, 10)  # every value unique
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    mix = Mixup(mixup_alpha=0.8 if mode == "mixup" else 0.0, cutmix_alpha=1.0 if mode == "cutmix" else 0.0,
+                prob=0.0 if mode == "none" else 1.0, label_smoothing=0.1, num_classes=5,
+                generator=torch.Generator().manual_seed(3))
+    original = pixels.clone()
+    for _ in range(20):
+        mixed, targets = mix(pixels, labels)
+        lam = mix.last_lam
+        assert mix.last_mode == mode and torch.equal(pixels, original)  # input untouched
+        assert targets.shape == (batch, 5) and torch.allclose(targets.sum(1), torch.ones(batch))
+        assert torch.allclose(targets, mix_targets(labels, 5, lam, 0.1))
+        if mode == "mixup":
+            assert torch.allclose(mixed, lam * pixels + (1 - lam) * pixels.flip(0))
+        elif mode == "cutmix":
+            kept = (mixed == pixels).all(dim=1).float().mean(dim=(1, 2))  # per image: fraction of own pixels
+            assert torch.allclose(kept, torch.full((batch,), lam))  # lambda == the area actually kept
+            assert torch.equal(mixed[(mixed != pixels)], pixels.flip(0)[(mixed != pixels)])
+        else:
+            assert lam == 1.0 and torch.equal(mixed, pixels)
+            assert torch.allclose(targets, smooth_one_hot(labels, 5, 0.1))
+
+
+def test_cutmix_box_is_clipped_and_draws_are_reproducible():
+    for seed in range(50):
+        top, bottom, left, right = cutmix_box(8, 10, 0.3, torch.Generator().manual_seed(seed))
+        assert 0 <= top <= bottom <= 8 and 0 <= left <= right <= 10
+    draws = [Mixup(generator=torch.Generator().manual_seed(0))(torch.ones(2, 1, 4, 4), torch.tensor([0, 1]))[1]
+             for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Mixup(label_smoothing=1.0)
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("finetune")
+    for split, count in (("train", 16), ("val", 8)):
+        for label, name in enumerate(("a_left", "b_top")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                array = np.random.default_rng(100 * label + i + len(split)).integers(180, 255, (16, 16, 3),
+                                                                                      dtype=np.uint8)
+                if label == 0:
+                    array[:, :8] //= 4
+                else:
+                    array[:8] //= 4
+                Image.fromarray(array).save(folder / f"{i}.png")
+    torch.manual_seed(1)
+    config = MAEConfig(**TINY)
+    MAEForPreTraining(config).save_pretrained(root / "pretrain")
+    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "pretrain")
+    return root
+
+
+def finetune(root: Path, out: Path, *extra: str) -> dict:
+    argv = ["--model", str(root / "pretrain"), "--train_dir", str(root / "train"), "--eval_dir", str(root / "val"),
+            "--output_dir", str(out), "--epochs", "2", "--per_device_batch_size", "8", "--warmup_epochs", "1",
+            "--num_workers", "0", "--mixed_precision", "no", "--logging_steps", "1", "--blr", "1e-3", *extra]
+    return main(parse_args(argv))
+
+
+def test_finetune_run_layer_decay_and_outputs(root, tmp_path, monkeypatch):
+    import hf_mae.finetuning as finetuning
+
+    built, real_build_adamw = [], finetuning.build_adamw
+
+    def spy_adamw(groups, **kwargs):
+        built.append(real_build_adamw(groups, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(finetuning, "build_adamw", spy_adamw)
+    out = tmp_path / "ft"
+    results = finetune(root, out, "--layer_decay", "0.5", "--drop_path", "0.2")
+
+    # layer-wise decay: embeddings 0.5^3, block i 0.5^(2 - i), head and fc_norm 1; final norm unused (frozen)
+    (optimizer,) = built
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+    scales = {g["layer_id"]: g["lr_scale"] for g in optimizer.param_groups}
+    assert scales == {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}
+    model = AutoModelForImageClassification.from_pretrained(out)
+    counted = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert counted == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoder.norm."))
+    no_decay = [g for g in optimizer.param_groups if g["weight_decay"] == 0]
+    assert all(p.ndim <= 1 or p.shape == (1, 1, 32) for g in no_decay for p in g["params"])
+    last_lr = [g["lr"] for g in optimizer.param_groups]
+    assert all(lr == pytest.approx(max(last_lr) * g["lr_scale"]) for lr, g in zip(last_lr, optimizer.param_groups))
+
+    # outputs: eval every epoch, best + final models, results
+    assert model.config.classifier_head == "finetune" and model.config.pooling == "mean"
+    assert model.config.drop_path_rate == 0.2 and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    assert model.config.id2label == {0: "a_left", 1: "b_top"}
+    saved = json.loads((out / "results.json").read_text())
+    assert [h["epoch"] for h in saved["history"]] == [1, 2] and saved["optimizer_steps"] == 8
+    assert saved["final_top1"] == saved["history"][-1]["top1"] == results["top1"]
+    assert saved["best_top1"] == max(h["top1"] for h in saved["history"]) and saved["best_epoch"] in (1, 2)
+    assert saved["init"] == "pretrained" and saved["layer_decay"] == 0.5 and saved["mixup"] == 0.8
+    best = AutoModelForImageClassification.from_pretrained(out / "best")
+    assert type(best).__name__ == "MAEForImageClassification"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
+    with pytest.raises(SystemExit, match="finished fine-tuning run"):
+        finetune(root, out)
+
+
+def test_finetune_from_random_init_uses_the_same_recipe(root, tmp_path):
+    results = finetune(root, tmp_path / "scratch", "--random_init", "--epochs", "1", "--mixup", "0", "--cutmix", "0")
+    assert results["init"] == "random_init" and results["optimizer_steps"] == 4
+    assert 0 <= results["top1"] <= 100 and (tmp_path / "scratch" / "model.safetensors").exists()
