@@ -50,7 +50,7 @@ from .visualization import loss_curve, reconstruction_grid
 
 # What the embedded default run uses when a flag is left unset (sized for ~10 minutes on 2 CPU cores);
 # with a named dataset the paper's values apply instead.
-EMBEDDED_DEFAULTS = {"preset": "mae-vit-mnist-patch4", "epochs": 60, "warmup_epochs": 5, "blr": 1.5e-3,
+EMBEDDED_DEFAULTS = {"preset": "mae-vit-mnist-patch4", "epochs": 60, "warmup_epochs": 5, "blr": 3e-3,
                      "per_device_batch_size": 128}
 PAPER_DEFAULTS = {"preset": "mae-vit-base-patch16", "epochs": 800, "warmup_epochs": 40, "blr": 1.5e-4,
                   "per_device_batch_size": 64}
@@ -265,7 +265,8 @@ def log_reconstructions(model, processor, pixels, noise, path, statistics: str) 
 def main(args: argparse.Namespace) -> dict:
     wall_start = time.time()
     out_dir = prepare_output_dir(args)
-    accelerator, run_log = start_run(args, out_dir, log_with=trackers_from(args.report_to))
+    accelerator, run_log = start_run(args, out_dir, log_with=trackers_from(args.report_to),
+                                     fresh_log=not args.resume_from_checkpoint)  # a resume continues the log
 
     train_data, eval_data, info = load_datasets_from_args(args)
     model, processor = build_model(args)
@@ -475,6 +476,10 @@ def main(args: argparse.Namespace) -> dict:
         if grid_pixels is not None:
             log_reconstructions(final_model, processor, grid_pixels, grid_noise,
                                 out_dir / "reconstruction_final.png", args.recon_statistics)
+            if config.norm_pix_loss:  # the other choice too, named by what it uses
+                other = "target" if args.recon_statistics == "visible" else "visible"
+                log_reconstructions(final_model, processor, grid_pixels, grid_noise,
+                                    out_dir / f"reconstruction_final_{other}_statistics.png", other)
         loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
         results.update({
             "final_loss": losses[-1] if losses else None, "optimizer_steps": update_step, "epochs": epochs,

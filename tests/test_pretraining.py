@@ -77,7 +77,8 @@ def test_imagefolder_run_writes_every_output(data_root, tmp_path):
                       str(data_root / "folder" / "val"))
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_mae.py",
                  "encoder/config.json", "encoder/model.safetensors", "training_args.json", "log.jsonl",
-                 "results.json", "loss_curve.png", "reconstruction_final.png", "reconstructions/epoch_0001.png"):
+                 "results.json", "loss_curve.png", "reconstruction_final.png",
+                 "reconstruction_final_target_statistics.png", "reconstructions/epoch_0001.png"):
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["final_loss"] == results["final_loss"] and math.isfinite(saved["final_loss"])
