@@ -186,21 +186,23 @@ def test_sigkill_then_resume_latest(data_root, tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "scripts/pretrain.py", "--model_config", str(data_root / "tiny.json"), "--data_files",
             str(data_root / "train.parquet"), "--output_dir", str(out), "--per_device_batch_size", "8",
-            "--epochs", "50", "--num_workers", "0", "--checkpointing_steps", "2", "--knn_every", "-1",
+            "--epochs", "20", "--num_workers", "0", "--checkpointing_steps", "2", "--knn_every", "-1",
             "--image_log_every", "0", "--mixed_precision", "no"]
     proc = _script(*args)
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # 80 steps with a checkpoint every 2: killed long before the end
     proc.wait()
     assert not (out / "results.json").exists()
-    finished = _script(*args[:args.index("--epochs")], "--epochs", "3", *args[args.index("--epochs") + 2:],
-                       "--resume_from_checkpoint", "latest")
+    assert not list((out / "checkpoints").glob(".checkpoint-*.tmp/training_state.json"))
+    finished = _script(*args, "--resume_from_checkpoint", "latest")  # the same command, resumed
     output, _ = finished.communicate(timeout=300)
     assert finished.returncode == 0, output[-3000:]
-    assert "resumed_from" in output and json.loads((out / "results.json").read_text())["optimizer_steps"] == 12
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in records if r.get("event") == "start"]  # a resume continues the log: two starts
+    assert len(starts) == 2 and "checkpoint-" in starts[1]["resumed_from"]
+    assert json.loads((out / "results.json").read_text())["optimizer_steps"] == 80
 
 
 def test_two_processes_see_different_data_and_write_once(data_root, tmp_path):
