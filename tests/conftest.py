@@ -3,20 +3,46 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import hf_mae  # noqa: E402,F401  (registers the Auto classes)
 from hf_mae import MAEConfig  # noqa: E402
 
+# A 16x16, 4x4-patch MAE small enough for every test to run in milliseconds.
+TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2)
+
 
 def tiny_config(**overrides) -> MAEConfig:
-    """A 16x16, 4x4-patch MAE small enough for every test to run in milliseconds."""
-    fields = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-                  decoder_num_attention_heads=2)
-    fields.update(overrides)
-    return MAEConfig(**fields)
+    return MAEConfig(**{**TINY, **overrides})
+
+
+def two_class_picture(label: int, seed: int, size: int = 20, low: int = 120) -> Image.Image:
+    """Separable toy classes: class 0 has a dark left half, class 1 a dark top half; plus noise."""
+    array = np.random.default_rng(seed).integers(low, 255, (size, size, 3), dtype=np.uint8)
+    if label == 0:
+        array[:, : size // 2] //= 4
+    else:
+        array[: size // 2] //= 4
+    return Image.fromarray(array)
+
+
+def write_two_class_folders(root: Path, counts: dict, size: int = 20, seed: int = 0, low: int = 120) -> Path:
+    """imagefolder splits `root/<split>/{a_left,b_top}/<i>.png` with `counts[split]` images per class."""
+    for split_index, (split, count) in enumerate(counts.items()):
+        for label, name in enumerate(("a_left", "b_top")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                two_class_picture(label, seed + 10_000 * split_index + 1_000 * label + i, size, low).save(
+                    folder / f"{i}.png")
+    return root
 
 
 @pytest.fixture

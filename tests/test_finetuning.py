@@ -3,20 +3,14 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import TINY, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForPreTraining, MAEImageProcessor
 from hf_mae.finetuning import main, parse_args
 from hf_mae.mixup import Mixup, cutmix_box, mix_targets, smooth_one_hot
-
-TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2)
-
 
 # --- mixup / cutmix / label smoothing ------------------------------------------------------------------
 
@@ -70,19 +64,7 @@ def test_cutmix_box_is_clipped_and_draws_are_reproducible():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("finetune")
-    for split, count in (("train", 16), ("val", 8)):
-        for label, name in enumerate(("a_left", "b_top")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                array = np.random.default_rng(100 * label + i + len(split)).integers(180, 255, (16, 16, 3),
-                                                                                      dtype=np.uint8)
-                if label == 0:
-                    array[:, :8] //= 4
-                else:
-                    array[:8] //= 4
-                Image.fromarray(array).save(folder / f"{i}.png")
+    root = write_two_class_folders(tmp_path_factory.mktemp("finetune"), {"train": 16, "val": 8}, size=16, low=180)
     torch.manual_seed(1)
     config = MAEConfig(**TINY)
     MAEForPreTraining(config).save_pretrained(root / "pretrain")

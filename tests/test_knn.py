@@ -4,17 +4,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import TINY, write_two_class_folders
 
 from hf_mae import MAEConfig, MAEImageProcessor, MAEModel
 from hf_mae.knn import knn_accuracy, knn_predict
 from hf_mae.probing import ACCURACY_TOPK_PATH, knn_main, parse_knn_args, topk_accuracy
-
-TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2)
 
 
 def test_knn_on_clusters():
@@ -57,19 +53,7 @@ def test_topk_metric_loads_by_path_offline():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("knn")
-    for split, count in (("train", 12), ("val", 6)):
-        for label, name in enumerate(("a_left", "b_top")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                array = np.random.default_rng(50 * label + i + 7 * len(split)).integers(180, 255, (16, 16, 3),
-                                                                                         dtype=np.uint8)
-                if label == 0:
-                    array[:, :8] //= 4
-                else:
-                    array[:8] //= 4
-                Image.fromarray(array).save(folder / f"{i}.png")
+    root = write_two_class_folders(tmp_path_factory.mktemp("knn"), {"train": 12, "val": 6}, size=16, seed=7, low=180)
     config = MAEConfig(**TINY)
     MAEModel(config).save_pretrained(root / "encoder")
     MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "encoder")

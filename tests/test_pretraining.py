@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY, two_class_picture, write_two_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
@@ -22,20 +22,6 @@ from transformers import AutoModel, AutoModelForPreTraining
 from hf_mae.pretraining import main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2)
-
-
-def picture(label: int, seed: int, size=(20, 20)) -> Image.Image:
-    """Class 0: dark left half; class 1: dark top half; plus noise."""
-    rng = np.random.default_rng(seed)
-    array = rng.integers(120, 255, (size[1], size[0], 3), dtype=np.uint8)
-    if label == 0:
-        array[:, : size[0] // 2] //= 4
-    else:
-        array[: size[1] // 2] //= 4
-    return Image.fromarray(array)
 
 
 def jpeg_bytes(image: Image.Image) -> bytes:
@@ -47,14 +33,9 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 16), ("val", 8)):
-        for label, name in enumerate(("a_left", "b_top")):
-            folder = root / "folder" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                picture(label, hash((split, label, i)) % 10_000).save(folder / f"{i}.png")
+    write_two_class_folders(root / "folder", {"train": 16, "val": 8})
     (root / "folder" / "train" / "a_left" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    rows = [(jpeg_bytes(picture(i % 2, i)), i % 2) for i in range(32)]
+    rows = [(jpeg_bytes(two_class_picture(i % 2, i)), i % 2) for i in range(32)]
     pq.write_table(pa.table({"image": [{"bytes": b, "path": None} for b, _ in rows],
                              "label": [lab for _, lab in rows]}), root / "train.parquet")
     pq.write_table(pa.table({"__key__": [f"{i:05d}" for i in range(32)], "jpg": [b for b, _ in rows],

@@ -3,42 +3,22 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
+from conftest import TINY, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
 from hf_mae.probing import ProbeHead, fold_batchnorm, load_classifier, main, parse_args, probe_logits
-
-TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-            decoder_num_attention_heads=2)
-
-
-def picture(label: int, seed: int) -> Image.Image:
-    """Class 0: dark left half; class 1: dark top half; plus noise."""
-    array = np.random.default_rng(seed).integers(180, 255, (20, 20, 3), dtype=np.uint8)
-    if label == 0:
-        array[:, :10] //= 4
-    else:
-        array[:10] //= 4
-    return Image.fromarray(array)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """Image folders (train 24 + val 12 per class), an unlabelled parquet, and a tiny pretraining folder."""
     root = tmp_path_factory.mktemp("probe")
-    for split, count in (("train", 24), ("val", 12)):
-        for label, name in enumerate(("a_left", "b_top")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                picture(label, 1000 * label + i + (0 if split == "train" else 500)).save(folder / f"{i}.png")
+    write_two_class_folders(root, {"train": 24, "val": 12}, size=20, low=180)
     (root / "unlabelled").mkdir()
     image = {"bytes": (root / "train" / "a_left" / "0.png").read_bytes(), "path": None}
     for split in ("train", "validation"):
