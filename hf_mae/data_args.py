@@ -1,6 +1,7 @@
 """The data flags every script shares (pretrain, linear_probe, finetune, knn_eval) and their loading."""
 
 import argparse
+import os
 
 from .data import load_image_datasets
 
@@ -25,6 +26,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fail on the first undecodable image instead of skipping and counting it")
 
 
+def dataloader_workers(args: argparse.Namespace) -> int:
+    """`--num_workers`, else one worker per spare core (at most 4): decoding overlaps the model's compute."""
+    if getattr(args, "num_workers", None) is not None:
+        return args.num_workers
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
 def load_datasets_from_args(args: argparse.Namespace):
     """(train, eval or None, LoadedDataInfo) from the flags of `add_data_arguments`."""
     data_files = args.data_files[0] if args.data_files and len(args.data_files) == 1 else args.data_files
@@ -35,4 +43,4 @@ def load_datasets_from_args(args: argparse.Namespace):
         streaming=args.streaming, cache_dir=args.cache_dir)
 
 
-__all__ = ["add_data_arguments", "load_datasets_from_args"]
+__all__ = ["add_data_arguments", "dataloader_workers", "load_datasets_from_args"]

@@ -13,9 +13,7 @@ def pool_tokens(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
         return last_hidden_state[:, 0]
     if pooling == "mean":
         return last_hidden_state[:, 1:].mean(dim=1)
-    if pooling == "cls+mean":
-        return torch.cat([last_hidden_state[:, 0], last_hidden_state[:, 1:].mean(dim=1)], dim=1)
-    raise ValueError(f"pooling must be 'cls', 'mean' or 'cls+mean', got {pooling!r}")
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
 
 def eval_dataloader(dataset, processor, batch_size: int, num_workers: int = 0, strict: bool = False):

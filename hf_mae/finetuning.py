@@ -32,14 +32,13 @@ from tqdm.auto import tqdm
 
 from .checkpointing import save_pretrained_atomic, write_json_atomic
 from .data import TrainTransform, apply_transform, collate, make_transform_fn
-from .data_args import add_data_arguments
+from .data_args import add_data_arguments, dataloader_workers
 from .features import eval_dataloader
 from .mixup import Mixup
 from .optim import build_adamw, lr_at_step, param_groups_layer_decay, scaled_lr, set_lr
 from .pretraining import start_run, trackers_from
 from .probing import (
     _dataset_name,
-    _num_workers,
     add_common_run_arguments,
     add_model_arguments,
     apply_defaults,
@@ -162,7 +161,7 @@ def main(args: argparse.Namespace) -> dict:
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=args.hflip,
                                mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    workers = _num_workers(args)
+    workers = dataloader_workers(args)
     train_loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size,
                               shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                               persistent_workers=workers > 0)

@@ -40,7 +40,7 @@ from .checkpointing import (
 )
 from .configuration_mae import PRESETS, MAEConfig
 from .data import TrainTransform, apply_transform, collate, make_transform_fn
-from .data_args import add_data_arguments, load_datasets_from_args
+from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
 from .features import eval_dataloader, extract_features
 from .image_processing_mae import MAEImageProcessor
 from .knn import knn_accuracy
@@ -275,7 +275,7 @@ def main(args: argparse.Namespace) -> dict:
                                mean=processor.image_mean, std=processor.image_std,
                                num_channels=config.num_channels)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    num_workers = args.num_workers if args.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    num_workers = dataloader_workers(args)
     loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size,
                         shuffle=not info.streaming, drop_last=True, num_workers=num_workers, collate_fn=collate,
                         persistent_workers=num_workers > 0)

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .checkpointing import save_pretrained_atomic, write_json_atomic
 from .configuration_mae import MAEConfig
 from .data import TrainTransform, apply_transform, collate, make_transform_fn
-from .data_args import add_data_arguments, load_datasets_from_args
+from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
 from .features import eval_dataloader, extract_features, pool_tokens
 from .image_processing_mae import MAEImageProcessor
 from .knn import knn_accuracy
@@ -475,10 +475,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
 
 
-def _num_workers(args) -> int:
-    return args.num_workers if args.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-
-
 def prepare_data(args):
     """(train, eval, info, num_labels, id2label, label2id) from the data flags, checked and limited."""
     train_data, eval_data, info = load_datasets_from_args(args)
@@ -489,7 +485,7 @@ def prepare_data(args):
 
 
 def extract_split_features(accelerator, encoder, dataset, processor, args, desc: str):
-    loader = accelerator.prepare(eval_dataloader(dataset, processor, args.eval_batch_size, _num_workers(args),
+    loader = accelerator.prepare(eval_dataloader(dataset, processor, args.eval_batch_size, dataloader_workers(args),
                                                  strict=args.strict_images))
     return extract_features(accelerator, encoder, loader, args.pooling, desc=desc, raw_pixels=args.raw_pixels)
 
@@ -627,7 +623,7 @@ def train_probe_augmented(accelerator, args, model, probe, processor, train_data
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
                                mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    workers = _num_workers(args)
+    workers = dataloader_workers(args)
     loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size, shuffle=True,
                         drop_last=True, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
     optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=args.weight_decay)

@@ -33,6 +33,17 @@ def two_class_picture(label: int, seed: int, size: int = 20, low: int = 120) -> 
     return Image.fromarray(array)
 
 
+def save_tiny_checkpoint(folder: Path, seed: int, model_class=None) -> Path:
+    """A tiny random-init hf_mae checkpoint (pretraining model by default) + processor in `folder`."""
+    from hf_mae import MAEForPreTraining, MAEImageProcessor
+
+    torch.manual_seed(seed)
+    config = tiny_config()
+    (model_class or MAEForPreTraining)(config).save_pretrained(folder)
+    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(folder)
+    return folder
+
+
 def write_two_class_folders(root: Path, counts: dict, size: int = 20, seed: int = 0, low: int = 120) -> Path:
     """imagefolder splits `root/<split>/{a_left,b_top}/<i>.png` with `counts[split]` images per class."""
     for split_index, (split, count) in enumerate(counts.items()):

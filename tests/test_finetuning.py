@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, write_two_class_folders
+from conftest import save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
-from hf_mae import MAEConfig, MAEForPreTraining, MAEImageProcessor
 from hf_mae.finetuning import main, parse_args
 from hf_mae.mixup import Mixup, cutmix_box, mix_targets, smooth_one_hot
 
@@ -65,10 +64,7 @@ def test_cutmix_box_is_clipped_and_draws_are_reproducible():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = write_two_class_folders(tmp_path_factory.mktemp("finetune"), {"train": 16, "val": 8}, size=16, low=180)
-    torch.manual_seed(1)
-    config = MAEConfig(**TINY)
-    MAEForPreTraining(config).save_pretrained(root / "pretrain")
-    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "pretrain")
+    save_tiny_checkpoint(root / "pretrain", seed=1)
     return root
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, write_two_class_folders
+from conftest import save_tiny_checkpoint, write_two_class_folders
 
-from hf_mae import MAEConfig, MAEImageProcessor, MAEModel
+from hf_mae import MAEModel
 from hf_mae.knn import knn_accuracy, knn_predict
 from hf_mae.probing import ACCURACY_TOPK_PATH, knn_main, parse_knn_args, topk_accuracy
 
@@ -54,9 +54,7 @@ def test_topk_metric_loads_by_path_offline():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = write_two_class_folders(tmp_path_factory.mktemp("knn"), {"train": 12, "val": 6}, size=16, seed=7, low=180)
-    config = MAEConfig(**TINY)
-    MAEModel(config).save_pretrained(root / "encoder")
-    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "encoder")
+    save_tiny_checkpoint(root / "encoder", seed=0, model_class=MAEModel)
     return root
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, write_two_class_folders
+from conftest import TINY, save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
@@ -23,10 +23,7 @@ def root(tmp_path_factory) -> Path:
     image = {"bytes": (root / "train" / "a_left" / "0.png").read_bytes(), "path": None}
     for split in ("train", "validation"):
         pq.write_table(pa.table({"image": [image] * 4}), root / "unlabelled" / f"{split}.parquet")
-    torch.manual_seed(123)  # not the probe's seed: --random_init must differ from these weights
-    config = MAEConfig(**TINY)
-    MAEForPreTraining(config).save_pretrained(root / "pretrain")
-    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "pretrain")
+    save_tiny_checkpoint(root / "pretrain", seed=123)  # not the probe's seed: --random_init must differ
     return root
 
 
