@@ -45,27 +45,38 @@ def sincos_pos_embed(dim: int, grid_size: tuple[int, int], device=None) -> torch
     return emb.unsqueeze(0).float()
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-    """Per-sample random masking by argsort of noise; keeps `int(L * (1 - mask_ratio))` tokens.
+def masking_indices(batch: int, length: int, mask_ratio: float, noise: torch.Tensor | None = None,
+                    device=None, dtype=torch.float32):
+    """Per-sample random masking by argsort of noise; keeps the `int(L * (1 - mask_ratio))` lowest-noise tokens.
 
-    x: (B, L, D). Returns kept tokens (B, K, D), mask (B, L) with 1 = removed, and ids_restore (B, L).
+    Returns ids_keep (B, K) in shuffled order, mask (B, L) with 1 = removed, and ids_restore (B, L).
     """
-    batch, length, dim = x.shape
     len_keep = int(length * (1 - mask_ratio))
     if len_keep < 1:
         raise ValueError(f"mask_ratio {mask_ratio} keeps no patch out of {length}")
     if noise is None:
-        noise = torch.rand(batch, length, device=x.device)
+        noise = torch.rand(batch, length, device=device)
     elif noise.shape != (batch, length):
         raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
-    ids_shuffle = torch.argsort(noise.to(x.device), dim=1)
+    ids_shuffle = torch.argsort(noise.to(device), dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-    mask = torch.ones(batch, length, device=x.device, dtype=x.dtype)
+    mask = torch.ones(batch, length, device=device, dtype=dtype)
     mask[:, :len_keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return x_kept, mask, ids_restore
+    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B or 1, L, D), ids (B, K) -> (B, K, D)."""
+    return torch.gather(x.expand(ids.shape[0], -1, -1), 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+    """Per-sample random masking of tokens x (B, L, D) (the official `random_masking`).
+
+    Returns kept tokens (B, K, D), mask (B, L) with 1 = removed, and ids_restore (B, L).
+    """
+    ids_keep, mask, ids_restore = masking_indices(x.shape[0], x.shape[1], mask_ratio, noise, x.device, x.dtype)
+    return gather_tokens(x, ids_keep), mask, ids_restore
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -146,13 +157,25 @@ class MAEBlock(GradientCheckpointingLayer):
 
 
 class PatchEmbed(nn.Module):
+    """Per-patch linear projection, kept as a Conv2d parameter (the official and timm layout) but applied as
+    one matmul on patch vectors: masked patches are then never embedded (the same result as embedding all
+    and dropping some, as the official code does, for a quarter of the work at 75% masking), and a large
+    matmul beats a stride-p convolution on GPUs (cuDNN spent ~3.5 ms of a 59 ms ViT-B step there)."""
+
     def __init__(self, config: MAEConfig):
         super().__init__()
-        p = config.patch_size
+        self.patch_size = p = config.patch_size
         self.proj = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=p, stride=p)
 
-    def forward(self, pixel_values):
-        return self.proj(pixel_values).flatten(2).transpose(1, 2)  # (B, N, D)
+    def forward(self, pixel_values: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D) tokens in row-major patch order, or (B, K, D) for the patches `ids_keep`."""
+        batch, channels, height, width = pixel_values.shape
+        p = self.patch_size
+        patches = pixel_values.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(batch, -1, channels * p * p)  # (c, i, j) inside a patch: the conv weight's order
+        if ids_keep is not None:
+            patches = gather_tokens(patches, ids_keep)
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 @dataclass
@@ -295,11 +318,14 @@ class MAEModel(MAEPreTrainedModel):
         """Tokens before the final norm, (B, 1 + K, D), plus mask, ids_restore, hidden states, attentions."""
         grid = self._check_pixel_values(pixel_values)
         pos = self.position_embedding(grid)
-        x = self.patch_embed(pixel_values) + pos[:, 1:]  # (B, N, D): each token carries its own position
         mask = ids_restore = None
-        if mask_ratio or noise is not None:
+        if mask_ratio or noise is not None:  # mask first: only the kept patches are embedded
             ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-            x, mask, ids_restore = random_masking(x, ratio, noise)  # (B, K, D)
+            ids_keep, mask, ids_restore = masking_indices(pixel_values.shape[0], grid[0] * grid[1], ratio, noise,
+                                                          pixel_values.device, pixel_values.dtype)
+            x = self.patch_embed(pixel_values, ids_keep) + gather_tokens(pos[:, 1:], ids_keep)  # (B, K, D)
+        else:
+            x = self.patch_embed(pixel_values) + pos[:, 1:]  # (B, N, D): each token carries its own position
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         hidden_states, attentions = [], []
@@ -455,4 +481,4 @@ class MAEForImageClassification(MAEPreTrainedModel):
 
 
 __all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEPreTrainedModel",
-           "sincos_pos_embed", "random_masking"]
+           "sincos_pos_embed", "random_masking", "masking_indices"]

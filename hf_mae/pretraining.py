@@ -46,6 +46,7 @@ from .image_processing_mae import MAEImageProcessor
 from .knn import knn_accuracy
 from .modeling_mae import MAEForPreTraining
 from .optim import build_adamw, lr_at_step, param_groups_weight_decay, scaled_lr, set_lr
+from .precision import resolve_mixed_precision
 from .visualization import loss_curve, reconstruction_grid
 
 # What the embedded default run uses when a flag is left unset (sized for ~10 minutes on 2 CPU cores);
@@ -138,18 +139,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None and not (name == "preset" and (args.model_config or args.init_from)):
             setattr(args, name, value)
     return args
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:  # bf16 matmuls are several times faster than fp32 only where the CPU computes them natively
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
 def build_model(args) -> tuple[MAEForPreTraining, MAEImageProcessor]:

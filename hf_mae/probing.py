@@ -54,7 +54,8 @@ from .image_processing_mae import MAEImageProcessor
 from .knn import knn_accuracy
 from .modeling_mae import MAEForImageClassification
 from .optim import LARS, lr_at_step, scaled_lr, set_lr
-from .pretraining import resolve_mixed_precision, start_run
+from .precision import resolve_mixed_precision
+from .pretraining import start_run
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
 DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default

@@ -33,9 +33,8 @@ from transformers import ViTMAEModel
 
 from hf_mae import MAEConfig, MAEForPreTraining
 from hf_mae.convert import config_to_transformers, to_transformers
-from hf_mae.data import TrainTransform
 from hf_mae.optim import build_adamw, param_groups_weight_decay
-from hf_mae.pretraining import resolve_mixed_precision
+from hf_mae.precision import resolve_mixed_precision
 
 CASES = ("train_base", "train_small", "infer_base", "data", "memory")
 
@@ -153,6 +152,8 @@ def make_jpegs(count: int = 64) -> list[bytes]:
 
 def bench_data(args) -> dict:
     """One core: hf_mae's TrainTransform vs plain PIL decode + RandomResizedCrop-like crop + resize + flip."""
+    from hf_mae.data import TrainTransform  # imported here: the GPU check runs where `datasets` may be absent
+
     torch.set_num_threads(1)
     jpegs = make_jpegs()
     transform = TrainTransform(224)

@@ -5,7 +5,7 @@ from conftest import tiny_config
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
 from hf_mae.image_processing_mae import normalize_patches
-from hf_mae.modeling_mae import sincos_pos_embed
+from hf_mae.modeling_mae import random_masking, sincos_pos_embed
 
 
 def official_sincos(dim, rows, cols):
@@ -75,6 +75,20 @@ def test_noise_makes_masking_deterministic(config):
     assert torch.all(a.mask.gather(1, kept) == 0)  # the lowest-noise patches are the visible ones
     c = model(pixels)
     assert not torch.equal(c.mask, model(pixels).mask)  # random otherwise
+
+
+def test_masking_before_embedding_equals_the_official_order(config):
+    """hf_mae embeds only the kept patches; the official code embeds all (a conv), adds positions, then masks."""
+    model = MAEForPreTraining(config).eval()
+    pixels, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    encoder = model.encoder
+    tokens = encoder.patch_embed.proj(pixels).flatten(2).transpose(1, 2) + encoder.pos_embed[:, 1:]
+    kept, mask, _ = random_masking(tokens, 0.75, noise)
+    out = encoder(pixels, mask_ratio=0.75, noise=noise, output_hidden_states=True)
+    assert torch.equal(out.mask, mask)
+    torch.testing.assert_close(out.hidden_states[0][:, 1:], kept, atol=1e-6, rtol=1e-5)
+    unmasked = encoder(pixels, output_hidden_states=True).hidden_states[0][:, 1:]
+    torch.testing.assert_close(unmasked, tokens, atol=1e-6, rtol=1e-5)
 
 
 def test_encoder_does_not_mask_by_default(config):

@@ -1,0 +1,214 @@
+"""GPU check: ViT-B/16 MAE training step in bf16 at batch 256, hf_mae vs transformers' ViTMAE, in one run.
+
+Variants (same config and weights; rounds interleaved; warm-up and compilation excluded):
+    hf_mae                  bf16 autocast, fused AdamW, fused qkv, SDPA (hf_mae's defaults on a GPU)
+    hf_mae_compiled         the same model under torch.compile (the pretraining script's --compile)
+    transformers_bf16       ViTMAEForPreTraining with bf16 autocast and fused AdamW (equal settings)
+    transformers_compiled   the same under torch.compile
+    transformers_defaults   ViTMAEForPreTraining as a transformers user gets it: fp32, SDPA, torch's default AdamW
+
+Reports images/s, model FLOPs utilisation (58.2 GFLOP per image for ViT-B/16 MAE training, forward and
+backward, against the card's dense bf16 peak), each variant's speedup over the transformers variants, the
+step's peak memory above what the models and optimizers hold, and a measured bf16 matmul rate.
+
+    python scripts/benchmark_gpu.py --batch 256 --rounds 5 --json outputs/bench_gpu.json
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import make_models, train_step_fn  # noqa: E402
+
+GFLOP_PER_IMAGE = 58.2  # ViT-B/16 MAE training step per image (forward + backward), the issue's count
+DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # datasheet, dense (no sparsity)
+
+
+def card_peak_tflops(name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def measured_matmul_tflops(device, size: int = 8192, repeats: int = 10) -> float:
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def step_peak_mb(step, device) -> float | None:
+    """Peak memory one step allocates above what is resident before it (weights, optimizer state)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return (torch.cuda.max_memory_allocated() - resident) / 2**20
+
+
+class SDPABackend(torch.nn.Module):
+    """Runs a model's forward (and so its attention backward) with one scaled_dot_product_attention backend."""
+
+    def __init__(self, model, backend: str):
+        super().__init__()
+        self.model, self.config, self.backend = model, model.config, backend
+
+    def forward(self, **kwargs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, self.backend)):
+            return self.model(**kwargs)
+
+
+def build_variants(args, device) -> dict:
+    ours, theirs = make_models(args.preset, device)
+    variants = {"hf_mae": train_step_fn(ours, device, args.batch, torch.bfloat16, None, True),
+                "transformers_bf16": train_step_fn(theirs, device, args.batch, torch.bfloat16, True, False)}
+    if not args.no_compile:
+        ours_compiled, theirs_compiled = make_models(args.preset, device)
+        variants["hf_mae_compiled"] = train_step_fn(torch.compile(ours_compiled), device, args.batch,
+                                                    torch.bfloat16, None, True)
+        variants["transformers_compiled"] = train_step_fn(torch.compile(theirs_compiled), device, args.batch,
+                                                          torch.bfloat16, True, False)
+    for backend in args.sdpa_backends:  # torch picks cuDNN attention on Hopper by default; others may be faster
+        ours_backend, _ = make_models(args.preset, device)
+        del _
+        model = SDPABackend(ours_backend, backend)
+        variants[f"hf_mae_{backend.lower()}"] = train_step_fn(model, device, args.batch, torch.bfloat16, None, True)
+        if not args.no_compile:
+            variants[f"hf_mae_compiled_{backend.lower()}"] = train_step_fn(
+                torch.compile(model), device, args.batch, torch.bfloat16, None, True)
+    if args.cudagraphs:
+        ours_graphed, _ = make_models(args.preset, device)
+        del _
+        variants["hf_mae_compiled_cudagraphs"] = train_step_fn(torch.compile(ours_graphed, mode="reduce-overhead"),
+                                                               device, args.batch, torch.bfloat16, None, True)
+    if not args.no_fp32:
+        _, theirs_fp32 = make_models(args.preset, device)
+        del _
+        variants["transformers_defaults"] = train_step_fn(theirs_fp32, device, args.batch, None, False, False)
+    return variants
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measured rounds")
+    parser.add_argument("--repeats", type=int, default=10, help="steps per variant per round (averaged)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per variant (compilation included)")
+    parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--no_fp32", action="store_true", help="skip transformers at its fp32 defaults")
+    parser.add_argument("--sdpa_backends", nargs="*", default=[], choices=["FLASH_ATTENTION", "EFFICIENT_ATTENTION",
+                        "CUDNN_ATTENTION", "MATH"], help="add hf_mae variants pinned to these attention backends")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="add hf_mae under torch.compile(mode='reduce-overhead') (CUDA graphs)")
+    parser.add_argument("--profile_dir", default=None,
+                        help="after timing, profile two steps of each variant and write kernel tables here")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="dense bf16 peak of the card for MFU (known for H100/H200/A100)")
+    parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="check the script on the CPU first: small preset, batch 2, no MFU or memory")
+    args = parser.parse_args(argv)
+    args.preset = "mae-vit-mnist-patch4" if args.dry_run else "mae-vit-base-patch16"
+    if args.dry_run:
+        device, name, peak, args.batch = torch.device("cpu"), "cpu (dry run)", None, 2
+        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch}
+    elif not torch.cuda.is_available():
+        parser.error("no CUDA device: this check needs a GPU (--dry_run checks the script on the CPU)")
+    else:
+        device = torch.device("cuda")
+        name = torch.cuda.get_device_name()
+        peak = card_peak_tflops(name, args.peak_tflops)
+        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch, "peak_bf16_tflops": peak,
+                "measured_matmul_bf16_tflops": round(measured_matmul_tflops(device), 1)}
+    print(json.dumps(info), flush=True)
+
+    variants = build_variants(args, device)
+    memory = {}
+    for label, step in list(variants.items()):
+        start = time.perf_counter()
+        try:
+            for _ in range(args.warmup):
+                step()
+        except Exception as error:  # an optional variant that fails (compile, graphs) is reported, not fatal
+            print(f"warm-up {label} FAILED, dropped: {type(error).__name__}: {str(error)[:300]}", flush=True)
+            del variants[label]
+            continue
+        print(f"warm-up {label}: {time.perf_counter() - start:.1f} s", flush=True)
+        memory[label] = step_peak_mb(step, device)
+    times = {label: [] for label in variants}
+    for _ in range(args.rounds):
+        for label, step in variants.items():
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                step()  # each step ends with a device synchronize
+            times[label].append((time.perf_counter() - start) / args.repeats)
+
+    results = {"machine": info, "variants": {}}
+    for label, seconds in times.items():
+        median = statistics.median(seconds)
+        images_per_s = args.batch / median
+        row = {"step_s": median, "images_per_s": images_per_s, "step_peak_mb": memory[label],
+               "mfu": images_per_s * GFLOP_PER_IMAGE * 1e9 / (peak * 1e12) if peak else None}
+        for baseline in ("transformers_bf16", "transformers_defaults"):
+            if baseline in times and baseline != label:  # median of per-round ratios, as in benchmark.py
+                row[f"speedup_vs_{baseline}"] = statistics.median(b / a for a, b in zip(seconds, times[baseline]))
+        results["variants"][label] = row
+
+    print(f"\n{name}, {args.preset} training step, batch {args.batch}, median of {args.rounds} rounds")
+    print("| variant | step | images/s | MFU | vs transformers bf16 | vs transformers defaults | step peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    for label, row in results["variants"].items():
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+        vs = [f"{row[key]:.2f}x" if key in row else "-"
+              for key in ("speedup_vs_transformers_bf16", "speedup_vs_transformers_defaults")]
+        memory = f"{row['step_peak_mb']:.0f} MB" if row["step_peak_mb"] is not None else "-"
+        print(f"| {label} | {row['step_s'] * 1000:.1f} ms | {row['images_per_s']:.0f} | {mfu} | {vs[0]} | {vs[1]} | "
+              f"{memory} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.profile_dir:
+        profile(variants, device, Path(args.profile_dir))
+    return results
+
+
+def profile(variants: dict, device, folder: Path) -> None:
+    """Kernel tables per variant (sorted by device time) and whether the host keeps the device busy."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for label, step in variants.items():
+        start = time.perf_counter()
+        with torch_profile(activities=activities) as prof:
+            for _ in range(2):
+                step()
+        wall = (time.perf_counter() - start) / 2
+        events = prof.key_averages()
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        device_ms = sum(e.self_device_time_total for e in kernels) / 1000 / 2
+        table = events.table(sort_by=sort_key, row_limit=30, max_name_column_width=70)
+        (folder / f"profile_{label}.txt").write_text(table)
+        print(f"profile {label}: wall {wall * 1000:.1f} ms/step, device kernels {device_ms:.1f} ms/step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
