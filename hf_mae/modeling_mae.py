@@ -80,9 +80,12 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain matmul + softmax attention; returns (B, N, H, hd) and the attention weights."""
-    weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
-    weights = weights.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    """Plain matmul + softmax attention; returns (B, N, H, hd) and the attention weights.
+
+    The scale goes on the query (N x hd values, not N x N), and the softmax runs in the input's dtype: its
+    kernels accumulate in fp32 anyway, and bf16 weights are what the second matmul takes, so no fp32 copy
+    of the N x N weights is made or kept for backward."""
+    weights = torch.matmul(query * scaling, key.transpose(-2, -1)).softmax(dim=-1)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2), weights
 

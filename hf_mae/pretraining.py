@@ -31,6 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .checkpointing import (
     load_checkpoint_state,
     resolve_checkpoint,
@@ -232,6 +233,7 @@ def start_run(args, out_dir: Path, log_with=None, fresh_log: bool = False):
     set_seed(args.seed)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(args, accelerator))
+        keep_freed_memory()  # no page faults to reallocate each step's activations
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if fresh_log:

@@ -5,11 +5,14 @@ Cases (each: warm-up excluded, rounds interleaved A B A B ..., medians and the m
     train_small  the same for the embedded-data preset (mae-vit-mnist-patch4), batch 64
     infer_base   encoder inference (no masking), ViT-B/16, batch 32, at equal precision
     data         training data pipeline, images/s on one core, on 500x375 quality-90 JPEGs made here
-    memory       peak memory (RSS on CPU, allocated on GPU) of one train_base step, each side in its own process
+    memory       peak memory (RSS on CPU, allocated on GPU) of train_base steps, each side in its own process
 
-"hf_mae" runs at its defaults (bf16 autocast where the hardware computes bf16 natively, fused AdamW, fused
-qkv, matmul+softmax attention for bf16 training on CPU); "transformers" at its defaults (fp32, sdpa,
-torch's default AdamW). `--equal` runs both in the same precision with the same optimizer implementation.
+Training cases run each side in its own worker process (its own allocator state and settings, its own
+peak memory), loaded from the same saved weights; the parent alternates them round by round. "hf_mae" runs
+at the defaults of its training programs (bf16 autocast where the hardware computes bf16 natively, fused
+AdamW, fused qkv, matmul+softmax attention for bf16 training on CPU, freed memory kept in the process:
+hf_mae.allocator); "transformers" at its defaults (fp32, sdpa, torch's default AdamW). `--equal` runs both
+in the same precision with the same optimizer implementation and the same allocator settings.
 
     python scripts/benchmark.py --case all --rounds 5 --json outputs/bench.json --markdown BENCHMARKS.md
 """
@@ -23,19 +26,23 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import ViTMAEModel
+from transformers import ViTMAEForPreTraining, ViTMAEModel
+from transformers.utils import logging as transformers_logging
 
 from hf_mae import MAEConfig, MAEForPreTraining
+from hf_mae.allocator import keep_freed_memory
 from hf_mae.convert import config_to_transformers, to_transformers
 from hf_mae.optim import build_adamw, param_groups_weight_decay
 from hf_mae.precision import resolve_mixed_precision
 
+transformers_logging.disable_progress_bar()  # saving/loading the shared weights is not worth a bar
 CASES = ("train_base", "train_small", "infer_base", "data", "memory")
 
 
@@ -87,37 +94,110 @@ def infer_fn(model, device, batch: int, amp_dtype):
     return step
 
 
-def interleave(fn_a, fn_b, rounds: int, warmup: int, repeats: int) -> dict:
-    """Median seconds per call of each side and the median of per-round b/a ratios (speedup of a)."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
+def timed(fn):
+    """fn() -> a function of n that calls fn n times and returns seconds per call."""
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+    return run
+
+
+def interleave(run_a, run_b, rounds: int, warmup: int, repeats: int) -> dict:
+    """Median seconds per call of each side and the median of per-round b/a ratios (speedup of a).
+
+    run_a / run_b take a call count and return seconds per call (see `timed` and `Worker.run`)."""
+    if warmup:
+        run_a(warmup)
+        run_b(warmup)
     times_a, times_b = [], []
     for _ in range(rounds):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            times.append((time.perf_counter() - start) / repeats)
+        times_a.append(run_a(repeats))
+        times_b.append(run_b(repeats))
     ratios = [b / a for a, b in zip(times_a, times_b)]
     return {"hf_mae_s": statistics.median(times_a), "transformers_s": statistics.median(times_b),
             "speedup": statistics.median(ratios), "rounds": rounds,
             "per_round_speedups": [round(r, 3) for r in ratios]}
 
 
-def bench_train(preset: str, batch: int, args, device) -> dict:
-    ours, theirs = make_models(preset, device)
-    ours_amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision("auto"))
-    if args.equal:
-        amp, fused = ours_amp, True
-        a = train_step_fn(ours, device, batch, amp, fused, True)
-        b = train_step_fn(theirs, device, batch, amp, fused, False)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Worker:
+    """A child process holding one side's model and optimizer; runs training steps when asked."""
+
+    def __init__(self, spec: dict):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--_worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:  # anything a library prints to stdout is skipped
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"benchmark worker exited with code {self.proc.wait()} (its error is above)")
+
+    def run(self, n: int) -> float:
+        return self.ask(f"run {n}")["seconds_per_step"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def worker_main(spec: dict) -> None:
+    """Child side of `Worker`: build the model from its saved folder, then answer "run N" and "peak"."""
+    device = torch.device(spec["device"])
+    if spec["keep_freed_memory"]:
+        keep_freed_memory()
+    if spec["side"] == "hf_mae":
+        model = MAEForPreTraining.from_pretrained(spec["folder"]).to(device)
     else:
-        a = train_step_fn(ours, device, batch, ours_amp, None, True)
-        b = train_step_fn(theirs, device, batch, None, False, False)
-    result = interleave(a, b, args.rounds, args.warmup, args.repeats)
+        model = ViTMAEForPreTraining.from_pretrained(spec["folder"]).to(device)
+    if spec.get("compile"):
+        model = torch.compile(model)  # compiled on the first (warm-up) step
+    step = timed(train_step_fn(model, device, spec["batch"], AMP_DTYPES.get(spec["amp"]), spec["fused"],
+                               spec["side"] == "hf_mae"))
+    for line in sys.stdin:
+        command, *rest = line.split()
+        if command == "run":
+            reply = {"seconds_per_step": step(int(rest[0]))}
+        elif device.type == "cuda":
+            reply = {"peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+        else:
+            reply = {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(json.dumps(reply), flush=True)
+
+
+def start_workers(preset: str, batch: int, equal: bool, device, folder: Path,
+                  compile_ours: bool = False) -> tuple[Worker, Worker]:
+    """hf_mae and transformers workers with identical weights (saved once here, loaded by each child)."""
+    ours, theirs = make_models(preset, torch.device("cpu"))
+    ours.save_pretrained(folder / "hf_mae")
+    theirs.save_pretrained(folder / "transformers")
+    del ours, theirs
+    ours_amp = resolve_mixed_precision("auto")
+    sides = {"hf_mae": {"amp": ours_amp, "fused": True if equal else None, "keep_freed_memory": True,
+                        "compile": compile_ours},
+             "transformers": {"amp": ours_amp if equal else "no", "fused": equal, "keep_freed_memory": equal}}
+    return tuple(Worker({"side": side, "folder": str(folder / side), "batch": batch, "device": device.type, **settings})
+                 for side, settings in sides.items())
+
+
+def bench_train(preset: str, batch: int, args, device) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        workers = start_workers(preset, batch, args.equal, device, Path(folder), args.compile)
+        try:
+            result = interleave(workers[0].run, workers[1].run, args.rounds, args.warmup, args.repeats)
+            peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
+        finally:
+            for worker in workers:
+                worker.close()
     result["images_per_s_hf_mae"] = batch / result["hf_mae_s"]
     result["images_per_s_transformers"] = batch / result["transformers_s"]
+    result["hf_mae_peak_mb"], result["transformers_peak_mb"] = peaks
     return result
 
 
@@ -132,7 +212,7 @@ def bench_infer(args, device) -> dict:
                             if k.startswith("vit.")})
     ours.to(device)
     amp = {"bf16": torch.bfloat16}.get(resolve_mixed_precision("auto")) if args.equal else None
-    return interleave(infer_fn(ours, device, 32, amp), infer_fn(theirs, device, 32, amp),
+    return interleave(timed(infer_fn(ours, device, 32, amp)), timed(infer_fn(theirs, device, 32, amp)),
                       args.rounds, args.warmup, args.repeats)
 
 
@@ -173,7 +253,7 @@ def bench_data(args) -> dict:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             (torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255 - 0.45) / 0.225
 
-    result = interleave(ours, plain, args.rounds, 1, 1)
+    result = interleave(timed(ours), timed(plain), args.rounds, 1, 1)
     result["images_per_s_hf_mae"] = len(jpegs) / result["hf_mae_s"]
     result["images_per_s_plain_pil"] = len(jpegs) / result["transformers_s"]
     result["note"] = "transformers_s is the plain PIL pipeline here (one core)"
@@ -181,35 +261,18 @@ def bench_data(args) -> dict:
     return result
 
 
-def peak_memory_child(side: str) -> None:
-    """Run in a fresh process: one warm-up and two train_base steps; print peak memory in MB."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ours, theirs = make_models("mae-vit-base-patch16", device)
-    if side == "hf_mae":
-        del theirs
-        step = train_step_fn(ours, device, 8, {"bf16": torch.bfloat16}.get(resolve_mixed_precision("auto")),
-                             None, True)
-    else:
-        del ours
-        step = train_step_fn(theirs, device, 8, None, False, False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):
-        step()
-    if device.type == "cuda":
-        print(json.dumps({"peak_mb": torch.cuda.max_memory_allocated() / 2**20}))
-    else:
-        print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-
-
-def bench_memory() -> dict:
-    peaks = {}
-    for side in ("hf_mae", "transformers"):
-        proc = subprocess.run([sys.executable, __file__, "--_memory_child", side], capture_output=True, text=True,
-                              check=True)
-        peaks[side] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
-    return {"hf_mae_peak_mb": peaks["hf_mae"], "transformers_peak_mb": peaks["transformers"],
-            "ratio": peaks["hf_mae"] / peaks["transformers"]}
+def bench_memory(args, device) -> dict:
+    """Peak memory of train_base steps (one warm-up, two measured), each side alone in its own process."""
+    with tempfile.TemporaryDirectory() as folder:
+        workers = start_workers("mae-vit-base-patch16", 8, args.equal, device, Path(folder))
+        try:
+            for worker in workers:
+                worker.run(3)
+            peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
+        finally:
+            for worker in workers:
+                worker.close()
+    return {"hf_mae_peak_mb": peaks[0], "transformers_peak_mb": peaks[1], "ratio": peaks[0] / peaks[1]}
 
 
 def machine_info(device) -> dict:
@@ -245,12 +308,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="calls per round (averaged)")
     parser.add_argument("--equal", action="store_true",
                         help="same precision and optimizer implementation on both sides")
+    parser.add_argument("--compile", action="store_true",
+                        help="training cases: hf_mae under torch.compile (the training scripts' --compile)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--markdown", default=None, help="append a results table to this file (BENCHMARKS.md)")
-    parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._memory_child:
-        peak_memory_child(args._memory_child)
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (compilation happens on the first step)")
+    if args._worker:
+        worker_main(json.loads(args._worker))
         return {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cases = CASES if args.case == "all" else (args.case,)
@@ -266,7 +333,7 @@ def main(argv=None) -> dict:
         elif case == "data":
             results["cases"][case] = bench_data(args)
         elif case == "memory":
-            results["cases"][case] = bench_memory()
+            results["cases"][case] = bench_memory(args, device)
         print(json.dumps(results["cases"][case], indent=1), flush=True)
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = markdown(results, command)

@@ -371,6 +371,36 @@ def test_draft_decoding_is_used_and_close_to_full_decode():
     assert max(diffs) < 1.0, diffs  # measured ~0.3 grey levels
 
 
+@pytest.mark.parametrize("num_channels,size", [(3, 64), (3, 200), (1, 64)])
+def test_simplejpeg_decode_gives_the_same_pixels_as_pil(monkeypatch, num_channels, size):
+    """Drafted (64) and full-size (200) decodes, colour and grey: the training crops are identical."""
+    assert hd.simplejpeg is not None  # a dependency: this test must not pass by falling back to PIL
+    data = smooth_jpeg(512, 640, seed=3)
+    calls = []
+    real = hd.simplejpeg.decode_jpeg
+    monkeypatch.setattr(hd.simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(k) or real(*a, **k))
+    transform = TrainTransform(size, num_channels=num_channels)
+    torch.manual_seed(0)
+    fast = transform(Image.open(io.BytesIO(data)))
+    assert len(calls) == 1
+    monkeypatch.setattr(hd, "simplejpeg", None)
+    torch.manual_seed(0)
+    assert torch.equal(fast, transform(Image.open(io.BytesIO(data))))
+
+
+def test_jpegs_simplejpeg_cannot_decode_go_to_pil():
+    buf = io.BytesIO()
+    Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(buf, "JPEG")
+    cmyk = Image.open(io.BytesIO(buf.getvalue()))
+    assert hd.decode_jpeg(cmyk) is cmyk  # PIL decodes it
+    assert TrainTransform(16)(Image.open(io.BytesIO(buf.getvalue()))).shape == (3, 16, 16)
+    data = jpeg_bytes(64, 64)
+    truncated = Image.open(io.BytesIO(data[: len(data) // 2]))
+    assert hd.decode_jpeg(truncated) is truncated  # simplejpeg refused it: PIL raises its own error later
+    with pytest.raises(OSError, match="truncated"):
+        TrainTransform(16)(Image.open(io.BytesIO(data[: len(data) // 2])))
+
+
 def test_eval_transform_with_transformers_processor():
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
