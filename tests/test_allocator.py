@@ -9,17 +9,19 @@ import pytest
 from hf_mae.allocator import keep_freed_memory
 
 CHILD = """
-import resource, torch
+import resource, statistics, torch
 from hf_mae.allocator import keep_freed_memory
 applied = keep_freed_memory()
 for _ in range(3):
     x = torch.ones(16 * 2**20)  # 64 MB, freed and allocated again, like a step's activations
 del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+faults = []
+for _ in range(11):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16 * 2**20)
     del x
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, int(statistics.median(faults)))  # the median: the host may reclaim an idle page now and then
 """
 
 
@@ -35,8 +37,8 @@ def test_freed_memory_is_reused_without_page_faults():
     applied, faults = page_faults()
     off, faults_off = page_faults(HF_MAE_KEEP_FREED_MEMORY="0")
     assert (applied, off) == ("True", "False")
-    assert faults_off > 50_000  # 10 x 64 MB handed back and faulted in again, 4 KiB pages
-    assert faults < faults_off / 4  # measured 0 (sometimes one allocation: 16,384)
+    assert faults_off >= 16_000  # per allocation: 64 MB handed back and faulted in again, 4 KiB pages
+    assert faults < 1_000  # measured 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings exist on Linux only")
