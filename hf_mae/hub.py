@@ -7,7 +7,7 @@ One pretraining run gives up to three repos:
     reconstructions and continued pretraining, plus the run's logs, results and figures.
 
 Each folder is built in a temporary directory (the source folders are only read), gets a model card
-rendered from `model_cards/` with `huggingface_hub.ModelCard`, and is pushed as ONE commit with
+rendered from `hf_mae/model_cards/` with `huggingface_hub.ModelCard`, and is pushed as ONE commit with
 `HfApi.create_repo` + `HfApi.upload_folder`. `format="hf_mae"` folders carry their code (load with
 `trust_remote_code=True`, hf_mae not needed); `format="vit"` writes the encoder as a stock transformers
 `ViTModel` and the probe as `ViTForImageClassification` (BatchNorm folded into the Linear head), loadable
@@ -50,7 +50,7 @@ PIPELINE_TAGS = {"encoder": "image-feature-extraction", "pretraining": "image-fe
                  "probe": "image-classification"}
 DEFAULT_COMMIT_MESSAGES = {"encoder": "Upload MAE encoder", "probe": "Upload MAE linear probe",
                            "pretraining": "Upload MAE pretraining model (encoder + decoder)"}
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "model_cards"  # shipped as package data
 PUSH_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "push_to_hub.py"
 _PRETRAINING_EXTRAS = ("training_args.json", "results.json", "log.jsonl")  # plus the PNG figures at the root
 _VIT_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
@@ -435,8 +435,8 @@ def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae"
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     template = TEMPLATES_DIR / f"{kind}.md"
     if not template.is_file():
-        raise FileNotFoundError(f"model card template {template} not found (hf_mae must run from its source "
-                                f"checkout, e.g. installed with `pip install -e .`)")
+        raise FileNotFoundError(f"model card template {template} not found: the hf_mae installation is "
+                                f"incomplete (reinstall it)")
     folder = Path(folder)
     training_args, pretrain_results = training_args or {}, pretrain_results or {}
     probe_results, related = probe_results or {}, dict(related or {})

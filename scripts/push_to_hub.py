@@ -1,6 +1,6 @@
 r"""Push hf_mae models to the Hugging Face Hub: encoder, linear probe, full pretraining model; one commit each.
 
-    # encoder + full model from a pretraining run, probe from a linear-probe run (cards from model_cards/)
+    # encoder + full model from a pretraining run, probe from a linear-probe run (cards from hf_mae/model_cards/)
     python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc \
         --pretrain_repo me/mae --probe outputs/probe --probe_repo me/mae-linprobe
 

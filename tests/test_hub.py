@@ -615,3 +615,16 @@ def test_real_hub_round_trip(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-c", REAL_HUB_CHILD, str(runs.pre)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "REAL HUB OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_card_templates_ship_as_package_data():
+    """Cards render from any install (wheel, not only editable): the templates are package data."""
+    import importlib.resources
+
+    from hf_mae.hub import KINDS
+
+    templates = importlib.resources.files("hf_mae") / "model_cards"
+    assert {f"{kind}.md" for kind in KINDS} <= {f.name for f in templates.iterdir()}
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    package_data = pyproject.split("[tool.setuptools.package-data]")[1].split("\n[")[0]
+    assert '"model_cards/*.md"' in package_data
