@@ -121,18 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=int, default=None, help="DataLoader workers per process")
     run.add_argument("--cpu_threads", type=int, default=None,
                      help="torch threads per process on CPU (default: the cores shared among local processes)")
-    run.add_argument("--push_to_hub", action="store_true", help="push the full model and encoder at the end")
-    run.add_argument("--hub_model_id", default=None, help="repo id for --push_to_hub (encoder: <id>-encoder)")
-    run.add_argument("--hub_private", action="store_true")
+    add_push_arguments(run, "the full model and encoder", "encoder: <id>-encoder")
     return parser
+
+
+def add_push_arguments(group, what: str, repo_note: str | None = None) -> None:
+    """--push_to_hub / --hub_model_id / --hub_private, shared by the training and evaluation programs."""
+    group.add_argument("--push_to_hub", action="store_true", help=f"push {what} at the end")
+    group.add_argument("--hub_model_id", default=None,
+                       help="repo id for --push_to_hub" + (f" ({repo_note})" if repo_note else ""))
+    group.add_argument("--hub_private", action="store_true")
+
+
+def check_push_arguments(args) -> None:
+    if args.push_to_hub and not args.hub_model_id:
+        raise SystemExit("--push_to_hub needs --hub_model_id")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.checkpointing_steps != "epoch" and not str(args.checkpointing_steps).isdigit():
         raise SystemExit(f"--checkpointing_steps must be a number or 'epoch', got {args.checkpointing_steps!r}")
-    if args.push_to_hub and not args.hub_model_id:
-        raise SystemExit("--push_to_hub needs --hub_model_id")
+    check_push_arguments(args)
     if args.preset and args.model_config:
         raise SystemExit("give --preset or --model_config, not both")
     embedded = not (args.dataset_name or args.train_dir or args.data_files)

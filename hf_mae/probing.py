@@ -55,7 +55,7 @@ from .knn import knn_accuracy
 from .modeling_mae import MAEForImageClassification
 from .optim import LARS, lr_at_step, scaled_lr, set_lr
 from .precision import resolve_mixed_precision
-from .pretraining import start_run
+from .pretraining import add_push_arguments, check_push_arguments, start_run
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
 DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default
@@ -457,16 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also keep the extracted features in <output_dir>/features.pt and reuse them when "
                           "the encoder, data and preprocessing match")
     run.add_argument("--eval_every", type=int, default=10, help="log held-out top-1 every N epochs (0: end only)")
-    run.add_argument("--push_to_hub", action="store_true", help="push the probe (model + card) at the end")
-    run.add_argument("--hub_model_id", default=None, help="repo id for --push_to_hub")
-    run.add_argument("--hub_private", action="store_true")
+    add_push_arguments(run, "the probe (model + card)")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        raise SystemExit("--push_to_hub needs --hub_model_id")
+    check_push_arguments(args)
     if args.push_to_hub and args.raw_pixels:
         raise SystemExit("--raw_pixels saves no model: nothing to push")
     if args.raw_pixels and args.random_init:

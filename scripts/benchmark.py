@@ -18,6 +18,7 @@ in the same precision with the same optimizer implementation and the same alloca
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -171,30 +172,33 @@ def worker_main(spec: dict) -> None:
         print(json.dumps(reply), flush=True)
 
 
-def start_workers(preset: str, batch: int, equal: bool, device, folder: Path,
-                  compile_ours: bool = False) -> tuple[Worker, Worker]:
-    """hf_mae and transformers workers with identical weights (saved once here, loaded by each child)."""
-    ours, theirs = make_models(preset, torch.device("cpu"))
-    ours.save_pretrained(folder / "hf_mae")
-    theirs.save_pretrained(folder / "transformers")
-    del ours, theirs
-    ours_amp = resolve_mixed_precision("auto")
-    sides = {"hf_mae": {"amp": ours_amp, "fused": True if equal else None, "keep_freed_memory": True,
-                        "compile": compile_ours},
-             "transformers": {"amp": ours_amp if equal else "no", "fused": equal, "keep_freed_memory": equal}}
-    return tuple(Worker({"side": side, "folder": str(folder / side), "batch": batch, "device": device.type, **settings})
-                 for side, settings in sides.items())
-
-
-def bench_train(preset: str, batch: int, args, device) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        workers = start_workers(preset, batch, args.equal, device, Path(folder), args.compile)
+@contextlib.contextmanager
+def training_workers(preset: str, batch: int, equal: bool, device, compile_ours: bool = False):
+    """hf_mae and transformers workers with identical weights (saved once here, loaded by each child);
+    closed, and their weights removed, on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ours, theirs = make_models(preset, torch.device("cpu"))
+        ours.save_pretrained(folder / "hf_mae")
+        theirs.save_pretrained(folder / "transformers")
+        del ours, theirs
+        ours_amp = resolve_mixed_precision("auto")
+        sides = {"hf_mae": {"amp": ours_amp, "fused": True if equal else None, "keep_freed_memory": True,
+                            "compile": compile_ours},
+                 "transformers": {"amp": ours_amp if equal else "no", "fused": equal, "keep_freed_memory": equal}}
+        workers = [Worker({"side": side, "folder": str(folder / side), "batch": batch, "device": device.type,
+                           **settings}) for side, settings in sides.items()]
         try:
-            result = interleave(workers[0].run, workers[1].run, args.rounds, args.warmup, args.repeats)
-            peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
+            yield workers
         finally:
             for worker in workers:
                 worker.close()
+
+
+def bench_train(preset: str, batch: int, args, device) -> dict:
+    with training_workers(preset, batch, args.equal, device, args.compile) as workers:
+        result = interleave(workers[0].run, workers[1].run, args.rounds, args.warmup, args.repeats)
+        peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
     result["images_per_s_hf_mae"] = batch / result["hf_mae_s"]
     result["images_per_s_transformers"] = batch / result["transformers_s"]
     result["hf_mae_peak_mb"], result["transformers_peak_mb"] = peaks
@@ -263,15 +267,10 @@ def bench_data(args) -> dict:
 
 def bench_memory(args, device) -> dict:
     """Peak memory of train_base steps (one warm-up, two measured), each side alone in its own process."""
-    with tempfile.TemporaryDirectory() as folder:
-        workers = start_workers("mae-vit-base-patch16", 8, args.equal, device, Path(folder))
-        try:
-            for worker in workers:
-                worker.run(3)
-            peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
-        finally:
-            for worker in workers:
-                worker.close()
+    with training_workers("mae-vit-base-patch16", 8, args.equal, device) as workers:
+        for worker in workers:
+            worker.run(3)
+        peaks = [worker.ask("peak")["peak_mb"] for worker in workers]
     return {"hf_mae_peak_mb": peaks[0], "transformers_peak_mb": peaks[1], "ratio": peaks[0] / peaks[1]}
 
 
