@@ -6,6 +6,9 @@ Variants (same config and weights; rounds interleaved; warm-up and compilation e
     transformers_bf16       ViTMAEForPreTraining with bf16 autocast and fused AdamW (equal settings)
     transformers_compiled   the same under torch.compile
     transformers_defaults   ViTMAEForPreTraining as a transformers user gets it: fp32, SDPA, torch's default AdamW
+Optional: hf_mae pinned to an SDPA backend (--sdpa_backends), with another attention implementation such as
+FlexAttention (--attn_implementations), under another compile mode such as max-autotune (--compile_modes),
+with CUDA graphs (--cudagraphs). --deadline_s keeps a slow optional compile from eating the time of the rest.
 
 Reports images/s, model FLOPs utilisation (58.2 GFLOP per image for ViT-B/16 MAE training, forward and
 backward, against the card's dense bf16 peak), each variant's speedup over the transformers variants, the
@@ -15,7 +18,9 @@ step's peak memory above what the models and optimizers hold, and a measured bf1
 """
 
 import argparse
+import contextlib
 import json
+import signal
 import statistics
 import sys
 import time
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import make_models, train_step_fn  # noqa: E402
 
 GFLOP_PER_IMAGE = 58.2  # ViT-B/16 MAE training step per image (forward + backward), the issue's count
+BASELINES = ("hf_mae", "transformers_bf16")
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # datasheet, dense (no sparsity)
 
 
@@ -47,6 +53,25 @@ def measured_matmul_tflops(device, size: int = 8192, repeats: int = 10) -> float
         a @ b
     torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+@contextlib.contextmanager
+def alarm_after(seconds: float | None):
+    """Raises TimeoutError in the main thread after `seconds` (none: no limit), e.g. inside a long compile."""
+    if seconds is None:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"warm-up passed the deadline ({seconds:.0f} s left when it began)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(max(1, int(seconds)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def step_peak_mb(step, device) -> float | None:
@@ -75,32 +100,33 @@ class SDPABackend(torch.nn.Module):
 
 
 def build_variants(args, device) -> dict:
-    ours, theirs = make_models(args.preset, device)
-    variants = {"hf_mae": train_step_fn(ours, device, args.batch, torch.bfloat16, None, True),
-                "transformers_bf16": train_step_fn(theirs, device, args.batch, torch.bfloat16, True, False)}
+    """Variants in warm-up order: the baselines first, then the optional ones (the slowest compiles last)."""
+    def ours(wrap=lambda model: model):  # a fresh hf_mae model (same seed, same weights) at its training defaults
+        return train_step_fn(wrap(make_models(args.preset, device)[0]), device, args.batch, torch.bfloat16, None, True)
+
+    def theirs(wrap=lambda model: model, amp_dtype=torch.bfloat16, fused=True):
+        return train_step_fn(wrap(make_models(args.preset, device)[1]), device, args.batch, amp_dtype, fused, False)
+
+    variants = {"hf_mae": ours(), "transformers_bf16": theirs()}
     if not args.no_compile:
-        ours_compiled, theirs_compiled = make_models(args.preset, device)
-        variants["hf_mae_compiled"] = train_step_fn(torch.compile(ours_compiled), device, args.batch,
-                                                    torch.bfloat16, None, True)
-        variants["transformers_compiled"] = train_step_fn(torch.compile(theirs_compiled), device, args.batch,
-                                                          torch.bfloat16, True, False)
+        variants["hf_mae_compiled"] = ours(torch.compile)
+        variants["transformers_compiled"] = theirs(torch.compile)
+    for implementation in args.attn_implementations:  # e.g. FlexAttention: Triton kernels generated per shape
+        def with_implementation(model, implementation=implementation):
+            model.config._attn_implementation = implementation
+            return torch.compile(model)
+        variants[f"hf_mae_compiled_{implementation}"] = ours(with_implementation)
+    for mode in args.compile_modes:  # e.g. max-autotune: Triton matmul templates with fused epilogues
+        variants[f"hf_mae_compiled_{mode}"] = ours(lambda model, mode=mode: torch.compile(model, mode=mode))
     for backend in args.sdpa_backends:  # torch picks cuDNN attention on Hopper by default; others may be faster
-        ours_backend, _ = make_models(args.preset, device)
-        del _
-        model = SDPABackend(ours_backend, backend)
-        variants[f"hf_mae_{backend.lower()}"] = train_step_fn(model, device, args.batch, torch.bfloat16, None, True)
+        variants[f"hf_mae_{backend.lower()}"] = ours(lambda model, backend=backend: SDPABackend(model, backend))
         if not args.no_compile:
-            variants[f"hf_mae_compiled_{backend.lower()}"] = train_step_fn(
-                torch.compile(model), device, args.batch, torch.bfloat16, None, True)
+            variants[f"hf_mae_compiled_{backend.lower()}"] = ours(
+                lambda model, backend=backend: torch.compile(SDPABackend(model, backend)))
     if args.cudagraphs:
-        ours_graphed, _ = make_models(args.preset, device)
-        del _
-        variants["hf_mae_compiled_cudagraphs"] = train_step_fn(torch.compile(ours_graphed, mode="reduce-overhead"),
-                                                               device, args.batch, torch.bfloat16, None, True)
-    if not args.no_fp32:
-        _, theirs_fp32 = make_models(args.preset, device)
-        del _
-        variants["transformers_defaults"] = train_step_fn(theirs_fp32, device, args.batch, None, False, False)
+        variants["hf_mae_compiled_cudagraphs"] = ours(lambda model: torch.compile(model, mode="reduce-overhead"))
+    if not args.no_fp32:  # what a transformers user gets: fp32, torch's default AdamW
+        variants["transformers_defaults"] = theirs(amp_dtype=None, fused=False)
     return variants
 
 
@@ -114,6 +140,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_fp32", action="store_true", help="skip transformers at its fp32 defaults")
     parser.add_argument("--sdpa_backends", nargs="*", default=[], choices=["FLASH_ATTENTION", "EFFICIENT_ATTENTION",
                         "CUDNN_ATTENTION", "MATH"], help="add hf_mae variants pinned to these attention backends")
+    parser.add_argument("--attn_implementations", nargs="*", default=[], choices=["flex_attention", "eager"],
+                        help="add compiled hf_mae variants with these attention implementations")
+    parser.add_argument("--compile_modes", nargs="*", default=[],
+                        choices=["max-autotune-no-cudagraphs", "max-autotune"],
+                        help="add compiled hf_mae variants with these torch.compile modes")
+    parser.add_argument("--deadline_s", type=float, default=None,
+                        help="cut short optional variants still warming up (a slow compile included) this many seconds "
+                             "from the start, keeping time for the measured rounds")
     parser.add_argument("--cudagraphs", action="store_true",
                         help="add hf_mae under torch.compile(mode='reduce-overhead') (CUDA graphs)")
     parser.add_argument("--profile_dir", default=None,
@@ -124,6 +158,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dry_run", action="store_true",
                         help="check the script on the CPU first: small preset, batch 2, no MFU or memory")
     args = parser.parse_args(argv)
+    script_start = time.perf_counter()
     args.preset = "mae-vit-mnist-patch4" if args.dry_run else "mae-vit-base-patch16"
     if args.dry_run:
         device, name, peak, args.batch = torch.device("cpu"), "cpu (dry run)", None, 2
@@ -142,10 +177,15 @@ def main(argv=None) -> dict:
     memory = {}
     for label, step in list(variants.items()):
         start = time.perf_counter()
+        required = label in BASELINES  # the ratios need them: never dropped for time
+        left = None if args.deadline_s is None or required else args.deadline_s - (start - script_start)
         try:
-            for _ in range(args.warmup):
-                step()
-        except Exception as error:  # an optional variant that fails (compile, graphs) is reported, not fatal
+            if left is not None and left < 1:
+                raise TimeoutError(f"--deadline_s {args.deadline_s:g} reached before its warm-up")
+            with alarm_after(left):
+                for _ in range(args.warmup):
+                    step()
+        except Exception as error:  # an optional variant that fails (compile, graphs, time) is reported, not fatal
             print(f"warm-up {label} FAILED, dropped: {type(error).__name__}: {str(error)[:300]}", flush=True)
             del variants[label]
             continue
@@ -205,9 +245,29 @@ def profile(variants: dict, device, folder: Path) -> None:
         events = prof.key_averages()
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
         device_ms = sum(e.self_device_time_total for e in kernels) / 1000 / 2
-        table = events.table(sort_by=sort_key, row_limit=30, max_name_column_width=70)
-        (folder / f"profile_{label}.txt").write_text(table)
-        print(f"profile {label}: wall {wall * 1000:.1f} ms/step, device kernels {device_ms:.1f} ms/step", flush=True)
+        split = {}
+        for kernel in kernels:
+            category = kernel_category(kernel.key)
+            split[category] = split.get(category, 0.0) + kernel.self_device_time_total / 1000 / 2
+        summary = ", ".join(f"{name} {ms:.1f}" for name, ms in sorted(split.items(), key=lambda item: -item[1]))
+        table = events.table(sort_by=sort_key, row_limit=60, max_name_column_width=70)
+        (folder / f"profile_{label}.txt").write_text(f"device ms per step by kind: {summary}\n{table}")
+        print(f"profile {label}: wall {wall * 1000:.1f} ms/step, device kernels {device_ms:.1f} ms/step "
+              f"({summary})", flush=True)
+
+
+def kernel_category(name: str) -> str:
+    """Rough kind of a GPU kernel from its name, to split a step's device time."""
+    lowered = name.lower()
+    if any(key in lowered for key in ("sdpa", "flash", "fmha", "attention", "flex", "cudnn::fusion")):
+        return "attention"
+    if any(key in lowered for key in ("nvjet", "gemm", "cutlass", "xmma", "triton_tem")):
+        return "matmul"
+    if "triton" in lowered:
+        return "fused elementwise/norm"
+    if "adam" in lowered or "multi_tensor" in lowered:
+        return "optimizer"
+    return "other"
 
 
 if __name__ == "__main__":

@@ -37,3 +37,45 @@ def test_gpu_benchmark_refuses_without_a_gpu():
     proc = subprocess.run([sys.executable, "scripts/benchmark_gpu.py"], cwd=REPO, capture_output=True, text=True,
                           env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=300)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_gpu_benchmark_deadline_drops_optional_variants_only(tmp_path):
+    results, stdout = run(["scripts/benchmark_gpu.py", "--dry_run", "--no_compile", "--sdpa_backends", "MATH",
+                           "--deadline_s", "0.001", "--rounds", "1", "--repeats", "1", "--warmup", "1"], tmp_path)
+    assert set(results["variants"]) == {"hf_mae", "transformers_bf16"}  # the baselines are never dropped
+    assert "warm-up hf_mae_math FAILED, dropped: TimeoutError" in stdout
+
+
+def load_gpu_benchmark():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import benchmark_gpu
+    finally:
+        sys.path.pop(0)
+    return benchmark_gpu
+
+
+def test_alarm_interrupts_a_long_warm_up_and_is_cleared():
+    import signal
+    import time
+
+    import pytest
+
+    benchmark_gpu = load_gpu_benchmark()
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="deadline"), benchmark_gpu.alarm_after(1):
+        time.sleep(10)
+    assert time.perf_counter() - start < 5
+    assert signal.alarm(0) == 0  # no alarm left pending
+    with benchmark_gpu.alarm_after(None):  # no limit: nothing armed
+        assert signal.alarm(0) == 0
+
+
+def test_kernel_categories():
+    category = load_gpu_benchmark().kernel_category
+    assert category("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16") == "attention"
+    assert category("void cudnn::fusion::convert_dq_to_16bits<true>(void const*)") == "attention"
+    assert category("triton_poi_fused_gelu_gelu_backward_view_9") == "fused elementwise/norm"
+    assert category("void at::native::multi_tensor_apply_kernel<adam>") == "optimizer"
+    assert category("void at::native::reduce_kernel<128, 4>") == "other"
