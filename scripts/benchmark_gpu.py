@@ -159,6 +159,8 @@ def main(argv=None) -> dict:
                         help="check the script on the CPU first: small preset, batch 2, no MFU or memory")
     args = parser.parse_args(argv)
     script_start = time.perf_counter()
+    if args.deadline_s is not None and not hasattr(signal, "SIGALRM"):
+        parser.error("--deadline_s needs SIGALRM (Linux or macOS)")
     args.preset = "mae-vit-mnist-patch4" if args.dry_run else "mae-vit-base-patch16"
     if args.dry_run:
         device, name, peak, args.batch = torch.device("cpu"), "cpu (dry run)", None, 2
