@@ -467,6 +467,8 @@ class TrainTransform:
     the ratio clamped to `ratio`.
 
     `size` is an int or (height, width). `mean`/`std` default to ImageNet's for 3 channels, 0.5 otherwise.
+    `augment` (PIL image -> PIL image) runs after the crop and flip, `erase` (tensor -> tensor) after the
+    normalisation: the fine-tuning recipe's RandAugment and random erasing (`hf_mae.augment`).
     Returns a float32 tensor (num_channels, height, width).
     """
 
@@ -476,7 +478,9 @@ class TrainTransform:
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
                  num_channels: int = 3, interpolation: str | int = "bicubic", draft: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None,
+                 augment: Callable[[Image.Image], Image.Image] | None = None,
+                 erase: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.size = _pair(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -487,6 +491,7 @@ class TrainTransform:
         )
         self.draft = draft
         self.generator = generator
+        self.augment, self.erase = augment, erase
         self.to_tensor = _ToTensor(mean, std, num_channels)
         self._mode = _target_mode(num_channels)
 
@@ -534,7 +539,10 @@ class TrainTransform:
         img = img.resize((out_w, out_h), self.resample, box=box)
         if self.hflip and torch.rand((), generator=self.generator).item() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # on the small output: cheap
-        return self.to_tensor(img)
+        if self.augment is not None:
+            img = self.augment(img)
+        pixels = self.to_tensor(img)
+        return pixels if self.erase is None else self.erase(pixels)
 
 
 class EvalTransform:

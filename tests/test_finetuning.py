@@ -68,6 +68,17 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
+def test_augmentation_defaults_and_bad_values():
+    embedded = parse_args(["--model", "x"])
+    assert embedded.aa == "none" and embedded.reprob == 0  # digits: no RandAugment, no erasing by default
+    named = parse_args(["--model", "x", "--dataset_name", "some/imagenet"])
+    assert named.aa == "rand-m9-mstd0.5-inc1" and named.reprob == 0.25  # the official recipe
+    with pytest.raises(SystemExit, match="inc1"):
+        parse_args(["--model", "x", "--aa", "rand-m9"])
+    with pytest.raises(SystemExit, match="prob"):
+        parse_args(["--model", "x", "--reprob", "1.5"])
+
+
 def finetune(root: Path, out: Path, *extra: str) -> dict:
     argv = ["--model", str(root / "pretrain"), "--train_dir", str(root / "train"), "--eval_dir", str(root / "val"),
             "--output_dir", str(out), "--epochs", "2", "--per_device_batch_size", "8", "--warmup_epochs", "1",
@@ -110,6 +121,7 @@ def test_finetune_run_layer_decay_and_outputs(root, tmp_path, monkeypatch):
     assert saved["final_top1"] == saved["history"][-1]["top1"] == results["top1"]
     assert saved["best_top1"] == max(h["top1"] for h in saved["history"]) and saved["best_epoch"] in (1, 2)
     assert saved["init"] == "pretrained" and saved["layer_decay"] == 0.5 and saved["mixup"] == 0.8
+    assert saved["randaugment"] == "rand-m9-mstd0.5-inc1" and saved["reprob"] == 0.25  # a named dataset: official
     best = AutoModelForImageClassification.from_pretrained(out / "best")
     assert type(best).__name__ == "MAEForImageClassification"
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -119,6 +131,8 @@ def test_finetune_run_layer_decay_and_outputs(root, tmp_path, monkeypatch):
 
 
 def test_finetune_from_random_init_uses_the_same_recipe(root, tmp_path):
-    results = finetune(root, tmp_path / "scratch", "--random_init", "--epochs", "1", "--mixup", "0", "--cutmix", "0")
+    results = finetune(root, tmp_path / "scratch", "--random_init", "--epochs", "1", "--mixup", "0", "--cutmix", "0",
+                       "--aa", "none", "--reprob", "0")
     assert results["init"] == "random_init" and results["optimizer_steps"] == 4
+    assert results["randaugment"] == "none" and results["reprob"] == 0
     assert 0 <= results["top1"] <= 100 and (tmp_path / "scratch" / "model.safetensors").exists()
