@@ -86,5 +86,16 @@ def load_checkpoint_state(path) -> dict:
     return json.loads((Path(path) / STATE_FILE).read_text())
 
 
-__all__ = ["save_checkpoint", "resolve_checkpoint", "list_checkpoints", "load_checkpoint_state",
+def resume_from(accelerator, spec: str, checkpoints_dir) -> tuple[Path | None, dict]:
+    """Load the Accelerate state of checkpoint `spec` ('latest' or a folder) into the prepared objects;
+    returns (its path, its training state), or (None, {}) when 'latest' finds none (a fresh start)."""
+    path = resolve_checkpoint(spec, checkpoints_dir)
+    if path is None:
+        accelerator.print(f"No checkpoint in {checkpoints_dir}: starting from scratch.")
+        return None, {}
+    accelerator.load_state(str(path))
+    return path, load_checkpoint_state(path)
+
+
+__all__ = ["save_checkpoint", "resolve_checkpoint", "resume_from", "list_checkpoints", "load_checkpoint_state",
            "save_pretrained_atomic", "write_json_atomic"]

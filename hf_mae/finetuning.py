@@ -11,7 +11,8 @@ cores (see EMBEDDED_DEFAULTS); any other dataset gets the official values. Evalu
 after every epoch; the best epoch's model is kept in `<output_dir>/best`, the final one in `<output_dir>`
 (both `AutoModelForImageClassification`-loadable, with the processor), `results.json` holds the best and
 final top-1 / top-5 and the settings. `--random_init` trains the same architecture from scratch with the
-same recipe and budget: the comparison that shows what pretraining buys.
+same recipe and budget: the comparison that shows what pretraining buys. Each epoch ends with a resumable
+checkpoint (`<output_dir>/checkpoints`); `--resume_from_checkpoint latest` continues a stopped run exactly.
 
     accelerate launch scripts/finetune.py --model outputs/pretrain                  # embedded data
     accelerate launch scripts/finetune.py --model outputs/pretrain --random_init --output_dir outputs/finetune_scratch
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import RandAugment, RandomErasing
-from .checkpointing import save_pretrained_atomic, write_json_atomic
+from .checkpointing import resume_from, save_checkpoint, save_pretrained_atomic, write_json_atomic
 from .data import TrainTransform, apply_transform, collate, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers
 from .features import eval_dataloader
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = add_common_run_arguments(parser, "outputs/finetune", mixed_precision="auto")
     run.add_argument("--overwrite_output_dir", action="store_true",
                      help="allow writing into an output_dir that holds a finished run")
+    run.add_argument("--resume_from_checkpoint", default=None,
+                     help="'latest' (the newest in <output_dir>/checkpoints) or a checkpoint folder: continue "
+                          "from the end of its epoch (model, optimizer, schedule, RNG, best epoch and history)")
+    run.add_argument("--checkpoints_total_limit", type=int, default=1,
+                     help="resumable checkpoints kept in <output_dir>/checkpoints, one written per epoch "
+                          "(0: write none)")
     run.add_argument("--logging_steps", type=int, default=10, help="log every N optimizer steps")
     run.add_argument("--report_to", default="none",
                      help="Accelerate trackers: tensorboard, wandb, ... , 'all' (installed ones) or 'none'")
@@ -114,6 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.raw_pixels = False
     if args.gradient_accumulation_steps < 1:
         raise SystemExit("--gradient_accumulation_steps must be >= 1")
+    if args.checkpoints_total_limit < 0:
+        raise SystemExit("--checkpoints_total_limit must be >= 0")
     args = apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
     try:  # bad values fail here, before any data or model is loaded
         RandAugment.from_string(args.aa)
@@ -149,10 +158,11 @@ def main(args: argparse.Namespace) -> dict:
 
     wall_start = time.time()
     out_dir = Path(args.output_dir)
-    if (out_dir / "results.json").exists() and not args.overwrite_output_dir:
+    if (out_dir / "results.json").exists() and not (args.overwrite_output_dir or args.resume_from_checkpoint):
         raise SystemExit(f"{out_dir} already holds a finished fine-tuning run (results.json). Pass --output_dir "
                          "NEW_DIR or --overwrite_output_dir.")
-    accelerator, run_log = start_run(args, out_dir, log_with=trackers_from(args.report_to), fresh_log=True)
+    accelerator, run_log = start_run(args, out_dir, log_with=trackers_from(args.report_to),
+                                     fresh_log=not args.resume_from_checkpoint)  # a resume continues the log
 
     read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
     train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
@@ -194,7 +204,16 @@ def main(args: argparse.Namespace) -> dict:
     warmup_updates = min(total_updates, round(args.warmup_epochs * updates_per_epoch))
     mixup = Mixup(args.mixup, args.cutmix, prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
                   label_smoothing=args.smoothing, num_classes=num_labels,
-                  generator=torch.Generator().manual_seed(args.seed + accelerator.process_index))
+                  generator=torch.Generator())  # seeded per epoch below, so a resumed run draws the same
+
+    checkpoints_dir = out_dir / "checkpoints"
+    start_epoch, update_step, best, history, resumed_from = 0, 0, {"top1": -1.0}, [], None
+    if args.resume_from_checkpoint:
+        resumed_from, state = resume_from(accelerator, args.resume_from_checkpoint, checkpoints_dir)
+        if resumed_from is not None:
+            start_epoch, update_step, history = state["epoch"], state["update_step"], state["history"]
+            if (out_dir / "best").exists():  # else (resumed into a new folder) the best is tracked from here on
+                best = state["best"]
 
     banner = {"event": "start", "model": note, "dataset": info.source, "num_train": len(train_data),
               "num_eval": len(eval_data), "num_labels": num_labels, "pooling": args.pooling,
@@ -205,7 +224,7 @@ def main(args: argparse.Namespace) -> dict:
               "drop_path": args.drop_path, "mixup": args.mixup, "cutmix": args.cutmix, "smoothing": args.smoothing,
               "randaugment": args.aa, "random_erasing": args.reprob, "weight_decay": args.weight_decay,
               "mixed_precision": accelerator.mixed_precision, "attn_implementation": attn or "sdpa",
-              "device": str(accelerator.device)}
+              "device": str(accelerator.device), "resumed_from": str(resumed_from) if resumed_from else None}
     accelerator.print("hf_mae fine-tuning\n" + "\n".join(f"  {k:>28}: {v}" for k, v in banner.items()
                                                          if k != "event"))
     run_log.write(banner)
@@ -216,16 +235,16 @@ def main(args: argparse.Namespace) -> dict:
                                                                   if isinstance(v, (int, float, str, bool))})
 
     unwrapped = accelerator.unwrap_model(model)
-    best = {"top1": -1.0}
-    history, update_step, last_good = [], 0, None
-    progress = tqdm(total=total_updates, desc="fine-tuning", disable=not accelerator.is_local_main_process,
-                    dynamic_ncols=True)
+    last_good = None
+    progress = tqdm(total=total_updates, initial=update_step, desc="fine-tuning",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     window = {"loss": torch.zeros((), device=accelerator.device), "micro": 0, "images": 0, "wait": 0.0,
               "start": time.perf_counter()}
     model.train()
-    for epoch in range(args.epochs):
+    for epoch in range(start_epoch, args.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        mixup.generator.manual_seed(args.seed + accelerator.process_index + 1_000_003 * epoch)
         epoch_loss, epoch_micro = torch.zeros((), device=accelerator.device), 0
         wait_start = time.perf_counter()
         for batch in train_loader:
@@ -283,6 +302,11 @@ def main(args: argparse.Namespace) -> dict:
             if accelerator.is_main_process:
                 save_pretrained_atomic(unwrapped, processor, out_dir / "best")
         accelerator.wait_for_everyone()
+        if args.checkpoints_total_limit:
+            state = {"epoch": epoch + 1, "update_step": update_step, "best": best, "history": history}
+            path = save_checkpoint(accelerator, model, processor, checkpoints_dir, update_step, state,
+                                   args.checkpoints_total_limit)
+            run_log.write({"event": "checkpoint", "step": update_step, "path": str(path)})
         accelerator.print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, held-out top-1 "
                           f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%" + (" (best)" if improved else ""))
     progress.close()
@@ -301,14 +325,16 @@ def main(args: argparse.Namespace) -> dict:
         "crop_min_scale": args.crop_min_scale, "hflip": args.hflip, "randaugment": args.aa, "reprob": args.reprob,
         "optimizer": "AdamW (0.9, 0.999)",
         "mixed_precision": accelerator.mixed_precision, "seed": args.seed, "history": history,
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
     }
     if accelerator.is_main_process:
         save_model_into(out_dir, unwrapped, processor)
         write_json_atomic(out_dir / "results.json", results)
         init = "random init" if args.random_init else "pretrained"
+        best_text = f"best {best['top1']:.2f}% (epoch {best['epoch']})" if "epoch" in best else "no epoch run here"
         accelerator.print(f"fine-tuning ({init}) done in {results['wall_time_s']:.0f} s: held-out top-1 final "
-                          f"{final['top1']:.2f}%, best {best['top1']:.2f}% (epoch {best['epoch']})\n"
+                          f"{final['top1']:.2f}%, {best_text}\n"
                           f"  final model: {out_dir}\n  best model:  {out_dir / 'best'}\n"
                           f"  results:     {out_dir / 'results.json'}")
     accelerator.wait_for_everyone()

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
 from .checkpointing import (
-    load_checkpoint_state,
     resolve_checkpoint,
+    resume_from,
     save_checkpoint,
     save_pretrained_atomic,
     write_json_atomic,
@@ -305,12 +305,8 @@ def main(args: argparse.Namespace) -> dict:
     update_step, start_epoch, skip_batches, nonfinite_total = 0, 0, 0, 0
     resumed_from = None
     if args.resume_from_checkpoint:
-        resumed_from = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
-        if resumed_from is None:
-            accelerator.print(f"No checkpoint in {checkpoints_dir}: starting from scratch.")
-        else:
-            accelerator.load_state(str(resumed_from))
-            state = load_checkpoint_state(resumed_from)
+        resumed_from, state = resume_from(accelerator, args.resume_from_checkpoint, checkpoints_dir)
+        if resumed_from is not None:
             update_step, start_epoch = state["update_step"], state["epoch"]
             skip_batches, nonfinite_total = state["batches_in_epoch"], state.get("nonfinite_steps", 0)
 

@@ -136,3 +136,36 @@ def test_finetune_from_random_init_uses_the_same_recipe(root, tmp_path):
     assert results["init"] == "random_init" and results["optimizer_steps"] == 4
     assert results["randaugment"] == "none" and results["reprob"] == 0
     assert 0 <= results["top1"] <= 100 and (tmp_path / "scratch" / "model.safetensors").exists()
+
+
+def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(root, tmp_path):
+    from safetensors.torch import load_file
+
+    full = finetune(root, tmp_path / "full", "--checkpoints_total_limit", "5")
+    checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8"]  # one per epoch, 4 steps each
+    resumed = finetune(root, tmp_path / "resumed", "--resume_from_checkpoint", str(checkpoints[0]))
+    assert resumed["resumed_from"] == str(checkpoints[0]) and resumed["optimizer_steps"] == 8
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]  # epoch 1 comes from the checkpoint
+    assert resumed["history"][1]["top1"] == full["history"][1]["top1"]
+    assert resumed["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-5)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], atol=1e-6), key
+    # a fresh folder has no `best` from epoch 1: the best is tracked from the resume on, and is on disk
+    assert resumed["best_epoch"] == 2 and (tmp_path / "resumed" / "best" / "model.safetensors").exists()
+
+
+def test_resume_latest_in_place_keeps_the_best_and_the_log(root, tmp_path):
+    out = tmp_path / "ft"
+    finetune(root, out, "--epochs", "1")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-4"]
+    results = finetune(root, out, "--resume_from_checkpoint", "latest")  # the same run, extended to 2 epochs
+    assert results["optimizer_steps"] == 8 and [h["epoch"] for h in results["history"]] == [1, 2]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-8"]  # the default limit keeps one
+    assert results["best_top1"] == max(h["top1"] for h in results["history"])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    starts = [r for r in records if r.get("event") == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"].endswith("checkpoint-4")
+    with pytest.raises(FileNotFoundError, match="not a complete hf_mae checkpoint"):
+        finetune(root, tmp_path / "other", "--resume_from_checkpoint", str(tmp_path / "missing"))
