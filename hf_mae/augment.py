@@ -12,11 +12,12 @@ or the one given), like `TrainTransform`, so runs and DataLoader workers are see
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 from PIL import Image, ImageEnhance, ImageOps
+
+from .data import random_box
 
 MAX_MAGNITUDE = 10.0
 TRANSLATE_FRACTION = 0.45  # of the image side, at full magnitude
@@ -126,7 +127,8 @@ class RandomErasing:
     """With probability `prob`, one rectangle of a normalised (C, H, W) tensor is replaced by N(0, 1) noise.
 
     The rectangle covers a uniform fraction of the area in `area` and has a log-uniform aspect ratio in
-    `aspect`; up to 10 draws are tried for one that fits inside the image (else the image is left as is).
+    `aspect` (`data.random_box`, as the crop); up to 10 draws are tried for one smaller than the image in both
+    directions (else the image is left as is).
     """
 
     def __init__(self, prob: float = 0.25, area: tuple[float, float] = (0.02, 1 / 3),
@@ -136,24 +138,15 @@ class RandomErasing:
                              f"high; got {prob}, {area}, {aspect}")
         self.prob, self.area, self.aspect, self.generator = prob, area, aspect, generator
 
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * torch.rand((), generator=self.generator).item()
-
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.prob == 0 or torch.rand((), generator=self.generator).item() >= self.prob:
             return pixels
         channels, height, width = pixels.shape
-        log_aspect = (math.log(self.aspect[0]), math.log(self.aspect[1]))
-        for _ in range(10):
-            target = self._uniform(*self.area) * height * width
-            aspect = math.exp(self._uniform(*log_aspect))
-            h, w = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-            if 0 < h < height and 0 < w < width:
-                top = int(torch.randint(0, height - h + 1, (), generator=self.generator))
-                left = int(torch.randint(0, width - w + 1, (), generator=self.generator))
-                pixels[:, top:top + h, left:left + w] = torch.randn(
-                    (channels, h, w), generator=self.generator, dtype=pixels.dtype)
-                return pixels
+        box = random_box(width, height, self.area, self.aspect, self.generator, whole=False)
+        if box is not None:
+            left, top, w, h = box
+            pixels[:, top:top + h, left:left + w] = torch.randn((channels, h, w), generator=self.generator,
+                                                                dtype=pixels.dtype)
         return pixels
 
 

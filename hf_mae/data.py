@@ -451,6 +451,26 @@ def decode_jpeg(img: JpegImagePlugin.JpegImageFile) -> Image.Image:
     return Image.fromarray(array[..., 0] if colorspace == "GRAY" else array)
 
 
+def random_box(width: int, height: int, area: tuple[float, float], ratio: tuple[float, float],
+               generator: torch.Generator | None = None, whole: bool = True) -> tuple[int, int, int, int] | None:
+    """A random box in a width x height image: up to 10 draws of a uniform fraction `area` of the image with a
+    log-uniform width/height ratio in `ratio`; (left, top, w, h) of the first that fits, uniformly placed, else
+    None. `whole=False` rejects boxes as wide or as tall as the image (random erasing's rule)."""
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
+
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = width * height * uniform(*area)
+        aspect = math.exp(uniform(*log_ratio))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width - (not whole) and 0 < h <= height - (not whole):
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return left, top, w, h
+    return None
+
+
 class TrainTransform:
     """MAE pretraining augmentation: RandomResizedCrop + horizontal flip + normalise, on PIL.
 
@@ -495,22 +515,11 @@ class TrainTransform:
         self.to_tensor = _ToTensor(mean, std, num_channels)
         self._mode = _target_mode(num_channels)
 
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * torch.rand((), generator=self.generator).item()
-
     def sample_crop(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, crop_width, crop_height) of a random crop of a width x height image."""
-        area = width * height
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for _ in range(10):
-            target_area = area * self._uniform(*self.scale)
-            aspect = math.exp(self._uniform(log_lo, log_hi))
-            w = round(math.sqrt(target_area * aspect))
-            h = round(math.sqrt(target_area / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (), generator=self.generator))
-                left = int(torch.randint(0, width - w + 1, (), generator=self.generator))
-                return left, top, w, h
+        box = random_box(width, height, self.scale, self.ratio, self.generator)
+        if box is not None:
+            return box
         # Fallback: the largest centred crop whose aspect ratio is within `ratio`.
         in_ratio = width / height
         if in_ratio < self.ratio[0]:

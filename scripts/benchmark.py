@@ -52,13 +52,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_models(preset: str, device):
-    """hf_mae pretraining model and a transformers ViTMAE with identical weights."""
+def make_models(preset: str, device, transformers: bool = True):
+    """hf_mae pretraining model and a transformers ViTMAE with identical weights (None if not asked for)."""
     torch.manual_seed(0)
-    ours = MAEForPreTraining(MAEConfig.from_preset(preset)).to(device)
-    theirs = to_transformers(ours.cpu()).to(device)
-    ours.to(device)
-    return ours, theirs
+    ours = MAEForPreTraining(MAEConfig.from_preset(preset))
+    theirs = to_transformers(ours).to(device) if transformers else None
+    return ours.to(device), theirs
 
 
 def train_step_fn(model, device, batch: int, amp_dtype, fused: bool | None, is_ours: bool):
@@ -207,7 +206,7 @@ def bench_train(preset: str, batch: int, args, device) -> dict:
 
 def bench_infer(args, device) -> dict:
     torch.manual_seed(0)
-    ours_full, _ = make_models("mae-vit-base-patch16", device)
+    ours_full, _ = make_models("mae-vit-base-patch16", device, transformers=False)
     ours = ours_full.encoder
     theirs_config = config_to_transformers(ours_full.config)
     theirs_config.mask_ratio = 0.0  # transformers' ViTMAEModel always masks: ratio 0 keeps every patch

@@ -102,7 +102,8 @@ class SDPABackend(torch.nn.Module):
 def build_variants(args, device) -> dict:
     """Variants in warm-up order: the baselines first, then the optional ones (the slowest compiles last)."""
     def ours(wrap=lambda model: model):  # a fresh hf_mae model (same seed, same weights) at its training defaults
-        return train_step_fn(wrap(make_models(args.preset, device)[0]), device, args.batch, torch.bfloat16, None, True)
+        model = make_models(args.preset, device, transformers=False)[0]
+        return train_step_fn(wrap(model), device, args.batch, torch.bfloat16, None, True)
 
     def theirs(wrap=lambda model: model, amp_dtype=torch.bfloat16, fused=True):
         return train_step_fn(wrap(make_models(args.preset, device)[1]), device, args.batch, amp_dtype, fused, False)
