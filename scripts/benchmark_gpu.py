@@ -8,7 +8,10 @@ Variants (same config and weights; rounds interleaved; warm-up and compilation e
     transformers_defaults   ViTMAEForPreTraining as a transformers user gets it: fp32, SDPA, torch's default AdamW
 Optional: hf_mae pinned to an SDPA backend (--sdpa_backends), with another attention implementation such as
 FlexAttention (--attn_implementations), under another compile mode such as max-autotune (--compile_modes),
-with CUDA graphs (--cudagraphs). --deadline_s keeps a slow optional compile from eating the time of the rest.
+with CUDA graphs (--cudagraphs), with Inductor's coordinate-descent tuning of its generated kernels
+(--coordinate_descent_tuning), or with matmul+softmax attention in the encoder only (--eager_encoder_attention:
+the encoder's sequences are 50 tokens, the decoder's 197). --deadline_s keeps a slow optional compile from
+eating the time of the rest.
 
 Reports images/s, model FLOPs utilisation (58.2 GFLOP per image for ViT-B/16 MAE training, forward and
 backward, against the card's dense bf16 peak), each variant's speedup over the transformers variants, the
@@ -19,6 +22,7 @@ step's peak memory above what the models and optimizers hold, and a measured bf1
 
 import argparse
 import contextlib
+import copy
 import json
 import signal
 import statistics
@@ -99,6 +103,16 @@ class SDPABackend(torch.nn.Module):
             return self.model(**kwargs)
 
 
+def with_encoder_attention(model, implementation: str):
+    """The model with its encoder's attention layers (only) on another implementation."""
+    encoder_config = copy.copy(model.config)
+    encoder_config._attn_implementation = implementation
+    for module in model.encoder.modules():
+        if hasattr(module, "qkv"):  # MAEAttention reads its implementation from its config
+            module.config = encoder_config
+    return model
+
+
 def build_variants(args, device) -> dict:
     """Variants in warm-up order: the baselines first, then the optional ones (the slowest compiles last)."""
     def ours(wrap=lambda model: model):  # a fresh hf_mae model (same seed, same weights) at its training defaults
@@ -124,6 +138,12 @@ def build_variants(args, device) -> dict:
         if not args.no_compile:
             variants[f"hf_mae_compiled_{backend.lower()}"] = ours(
                 lambda model, backend=backend: torch.compile(SDPABackend(model, backend)))
+    if args.eager_encoder_attention:
+        variants["hf_mae_compiled_eager_encoder_attention"] = ours(
+            lambda model: torch.compile(with_encoder_attention(model, "eager")))
+    if args.coordinate_descent_tuning:  # retunes block sizes of the LayerNorm/GELU/reduction kernels
+        variants["hf_mae_compiled_coordinate_descent"] = ours(
+            lambda model: torch.compile(model, options={"coordinate_descent_tuning": True}))
     if args.cudagraphs:
         variants["hf_mae_compiled_cudagraphs"] = ours(lambda model: torch.compile(model, mode="reduce-overhead"))
     if not args.no_fp32:  # what a transformers user gets: fp32, torch's default AdamW
@@ -149,6 +169,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--deadline_s", type=float, default=None,
                         help="cut short optional variants still warming up (a slow compile included) this many seconds "
                              "from the start, keeping time for the measured rounds")
+    parser.add_argument("--coordinate_descent_tuning", action="store_true",
+                        help="add hf_mae compiled with Inductor's coordinate_descent_tuning")
+    parser.add_argument("--eager_encoder_attention", action="store_true",
+                        help="add hf_mae compiled with matmul+softmax attention in the encoder (50-token sequences)")
     parser.add_argument("--cudagraphs", action="store_true",
                         help="add hf_mae under torch.compile(mode='reduce-overhead') (CUDA graphs)")
     parser.add_argument("--profile_dir", default=None,

@@ -79,3 +79,19 @@ def test_kernel_categories():
     assert category("triton_poi_fused_gelu_gelu_backward_view_9") == "fused elementwise/norm"
     assert category("void at::native::multi_tensor_apply_kernel<adam>") == "optimizer"
     assert category("void at::native::reduce_kernel<128, 4>") == "other"
+
+
+def test_encoder_only_attention_switch_leaves_the_decoder_alone():
+    import torch
+
+    from hf_mae import MAEConfig, MAEForPreTraining
+
+    model = MAEForPreTraining(MAEConfig.from_preset("mae-vit-mnist-patch4"))
+    pixels = torch.randn(2, 1, 28, 28)
+    noise = torch.rand(2, model.config.num_patches)
+    before = model(pixel_values=pixels, noise=noise).loss
+    load_gpu_benchmark().with_encoder_attention(model, "eager")
+    encoder = {m.config._attn_implementation for m in model.encoder.modules() if hasattr(m, "qkv")}
+    decoder = {m.config._attn_implementation for m in model.decoder_blocks.modules() if hasattr(m, "qkv")}
+    assert encoder == {"eager"} and decoder == {model.config._attn_implementation} != {"eager"}
+    assert torch.allclose(model(pixel_values=pixels, noise=noise).loss, before, atol=1e-5)  # same function
