@@ -6,6 +6,7 @@ Typical training-side use::
     fn = make_transform_fn(TrainTransform(224), num_channels=3)
     train = apply_transform(train, fn)                  # map-style: with_transform; streaming: lazy .map
     loader = DataLoader(train, batch_size=64, shuffle=True, collate_fn=collate, num_workers=8)
+    # for training, on the raw dataset: hf_mae.train_loader.train_dataloader(train, fn, 64, 8, seed=0)
     for batch in loader:
         if len(batch["pixel_values"]) == 0:             # every image of this batch was undecodable
             continue
@@ -482,7 +483,8 @@ class TrainTransform:
 
     Randomness comes from torch: the default generator, or `generator` if given. `torch.manual_seed` (or
     `accelerate.utils.set_seed`) makes it reproducible, and DataLoader workers are seeded per worker by
-    torch, so workers draw different crops. Crop sampling follows the standard RandomResizedCrop: up to 10
+    torch, so workers draw different crops; `hf_mae.train_loader` seeds every image instead (by seed, epoch
+    and index), which the training programs use. Crop sampling follows the standard RandomResizedCrop: up to 10
     tries of area in `scale` x image area and log-uniform aspect ratio in `ratio`, then a centre crop with
     the ratio clamped to `ratio`.
 
@@ -670,16 +672,27 @@ class TransformFn:
                 img.close()
             return None
 
+    def _seeded(self, value: Any, index: Any, seed: int) -> torch.Tensor | None:
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed costs ~70x more
+        return self._one(value, index)
+
     @property
     def num_bad(self) -> int:
         """Images skipped so far, in this process and its DataLoader workers."""
         return int(self._bad_counts.sum())
 
-    def __call__(self, batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
+    def __call__(self, batch: dict[str, list], indices: list[int] | None = None,
+                 seeds: list[int] | None = None) -> dict[str, list]:
+        """`seeds`: one per image, to transform each under the torch RNG seeded with it (the caller's RNG
+        state is restored afterwards); otherwise the transform draws from the current RNG stream."""
         images = batch["image"]
         if indices is None:
             indices = batch.get("__index__") or [None] * len(images)
-        out = {"pixel_values": [self._one(v, i) for v, i in zip(images, indices)]}
+        if seeds is None:
+            out = {"pixel_values": [self._one(v, i) for v, i in zip(images, indices)]}
+        else:
+            with torch.random.fork_rng(devices=[]):
+                out = {"pixel_values": [self._seeded(v, i, s) for v, i, s in zip(images, indices, seeds)]}
         if "label" in batch:
             out["labels"] = list(batch["label"])
         return out
@@ -698,16 +711,22 @@ def apply_transform(dataset, fn: TransformFn, map_batch_size: int = 16):
     image is named even without a path) and `with_transform(fn)` is set. Iterable: the same cast, then a
     lazy batched `map` with indices (counted per shard) in small batches so the first batch comes quickly.
     """
-    if dataset.features and isinstance(dataset.features.get("image"), datasets.Image):
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    dataset = prepare_columns(dataset)
     if isinstance(dataset, datasets.IterableDataset):
         remove = [c for c in (dataset.column_names or []) if c in ("image", "label")] or None
         return dataset.map(
             fn, batched=True, batch_size=map_batch_size, with_indices=True, remove_columns=remove
         )
-    if "__index__" not in dataset.column_names:
-        dataset = dataset.add_column("__index__", np.arange(len(dataset)))
     return dataset.with_transform(fn)
+
+
+def prepare_columns(dataset):
+    """The image column undecoded (`TransformFn` decodes) and, for map-style data, an `__index__` column."""
+    if dataset.features and isinstance(dataset.features.get("image"), datasets.Image):
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if not isinstance(dataset, datasets.IterableDataset) and "__index__" not in dataset.column_names:
+        dataset = dataset.add_column("__index__", np.arange(len(dataset)))
+    return dataset
 
 
 def collate(batch_list: list[dict | None]) -> dict[str, Any]:
@@ -744,5 +763,6 @@ __all__ = [
     "load_embedded_default",
     "load_image_datasets",
     "make_transform_fn",
+    "prepare_columns",
     "shard_for_process",
 ]

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import RandAugment, RandomErasing
 from .checkpointing import resume_from, save_checkpoint, save_pretrained_atomic, write_json_atomic
-from .data import TrainTransform, apply_transform, collate, make_transform_fn
+from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers
 from .features import eval_dataloader
 from .mixup import Mixup
@@ -50,6 +49,7 @@ from .probing import (
     read_mae_config,
     save_model_into,
 )
+from .train_loader import train_dataloader
 
 # Unset flags take these values on the embedded default data (4,000 28x28 digits) or the official ViT-B values
 # elsewhere. Embedded, measured on 2 CPU cores (bf16, eager attention, ~290 img/s): ~15 s per epoch with its
@@ -186,9 +186,7 @@ def main(args: argparse.Namespace) -> dict:
                                erase=RandomErasing(args.reprob) if args.reprob > 0 else None)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
     workers = dataloader_workers(args)
-    train_loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size,
-                              shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
-                              persistent_workers=workers > 0)
+    train_loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, workers, args.seed)
     eval_loader = eval_dataloader(eval_data, processor, args.eval_batch_size, workers, strict=args.strict_images)
 
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

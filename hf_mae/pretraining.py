@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .allocator import keep_freed_memory
@@ -40,7 +39,7 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .configuration_mae import PRESETS, MAEConfig
-from .data import TrainTransform, apply_transform, collate, make_transform_fn
+from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
 from .features import eval_dataloader, extract_features
 from .image_processing_mae import MAEImageProcessor
@@ -48,6 +47,7 @@ from .knn import knn_accuracy
 from .modeling_mae import MAEForPreTraining
 from .optim import build_adamw, lr_at_step, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import resolve_mixed_precision
+from .train_loader import mixed_seed, train_dataloader
 from .visualization import loss_curve, reconstruction_grid
 
 # What the embedded default run uses when a flag is left unset (sized for ~10 minutes on 2 CPU cores);
@@ -231,14 +231,13 @@ def cpu_threads_per_process(args, accelerator) -> int:
 
 
 def start_run(args, out_dir: Path, log_with=None, fresh_log: bool = False):
-    """The Accelerator (mixed precision resolved, seedable sampler), seeds, the output folder and its RunLog.
+    """The Accelerator (mixed precision resolved), seeds, the output folder and its RunLog.
     `fresh_log` starts log.jsonl anew (evaluation runs); pretraining appends to it (resumes continue it)."""
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
         project_dir=str(out_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     set_seed(args.seed)
     if accelerator.device.type == "cpu":
@@ -250,6 +249,13 @@ def start_run(args, out_dir: Path, log_with=None, fresh_log: bool = False):
             (out_dir / "log.jsonl").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return accelerator, RunLog(accelerator, out_dir / "log.jsonl")
+
+
+def mask_noise(pixels: torch.Tensor, num_patches: int, *seed_parts: int) -> torch.Tensor:
+    """A batch's masking noise from a generator of its own, seeded by (seed, epoch, batch, process): the
+    masks do not depend on what drew random numbers before, so a resumed run draws the ones it would have."""
+    generator = torch.Generator(device=pixels.device).manual_seed(mixed_seed(*seed_parts))
+    return torch.rand(len(pixels), num_patches, generator=generator, device=pixels.device)
 
 
 @torch.no_grad()
@@ -277,9 +283,7 @@ def main(args: argparse.Namespace) -> dict:
                                num_channels=config.num_channels)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
     num_workers = dataloader_workers(args)
-    loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size,
-                        shuffle=not info.streaming, drop_last=True, num_workers=num_workers, collate_fn=collate,
-                        persistent_workers=num_workers > 0)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, num_workers, args.seed)
 
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
@@ -395,7 +399,9 @@ def main(args: argparse.Namespace) -> dict:
                 run_log.write({"event": "first_batch", "pixel_sums_per_process": sums})
                 first_batch_logged = True
             with accelerator.accumulate(model):
-                loss = model(pixel_values=pixels).loss
+                noise = mask_noise(pixels, config.num_patches, args.seed, epoch, batches_in_epoch,
+                                   accelerator.process_index)
+                loss = model(pixel_values=pixels, noise=noise).loss
                 finite = torch.isfinite(loss.detach())
                 cycle_bad += (~finite).float()
                 accelerator.backward(loss * weight if weight != 1.0 else loss)

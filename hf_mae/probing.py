@@ -42,12 +42,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpointing import save_pretrained_atomic, write_json_atomic
 from .configuration_mae import MAEConfig
-from .data import TrainTransform, apply_transform, collate, make_transform_fn
+from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
 from .features import eval_dataloader, extract_features, pool_tokens
 from .image_processing_mae import MAEImageProcessor
@@ -56,6 +55,7 @@ from .modeling_mae import MAEForImageClassification
 from .optim import LARS, lr_at_step, scaled_lr, set_lr
 from .precision import resolve_mixed_precision
 from .pretraining import add_push_arguments, check_push_arguments, start_run
+from .train_loader import train_dataloader
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
 DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default
@@ -622,8 +622,7 @@ def train_probe_augmented(accelerator, args, model, probe, processor, train_data
                                mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels)
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
     workers = dataloader_workers(args)
-    loader = DataLoader(apply_transform(train_data, train_fn), batch_size=args.per_device_batch_size, shuffle=True,
-                        drop_last=True, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, workers, args.seed)
     optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=args.weight_decay)
     probe, optimizer, loader = accelerator.prepare(probe, optimizer, loader)
     if len(loader) == 0:

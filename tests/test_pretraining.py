@@ -106,9 +106,10 @@ def test_resume_at_epoch_boundary_reproduces_the_uninterrupted_run(data_root, tm
         assert torch.allclose(value, resumed[key], atol=1e-6), key
 
 
-def test_mid_epoch_resume_and_rotation(data_root, tmp_path):
-    """Mid-epoch resume continues the same schedule and data order (the random crops and masks of the rest of
-    that epoch are fresh draws: the data iterator takes its seed from the restored RNG when it starts)."""
+def test_mid_epoch_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
+    """Crops are seeded per (seed, epoch, image) and masks per (seed, epoch, batch, process), so resuming in
+    the middle of an epoch draws what the uninterrupted run drew (with any number of data workers): same
+    schedule, same final weights."""
     data = ["--data_files", str(data_root / "train.parquet"), "--knn_every", "-1", "--image_log_every", "0",
             "--checkpointing_steps", "3", "--checkpoints_total_limit", "2"]
     run(data_root, tmp_path / "full", *data)
@@ -116,8 +117,8 @@ def test_mid_epoch_resume_and_rotation(data_root, tmp_path):
     assert names == ["checkpoint-3", "checkpoint-6"]  # checkpoint-... older ones rotated away
     state = json.loads((tmp_path / "full" / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
     assert state == {"update_step": 6, "epoch": 1, "batches_in_epoch": 2, "nonfinite_steps": 0}
-    run(data_root, tmp_path / "resumed", *data, "--resume_from_checkpoint",
-        str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))
+    run(data_root, tmp_path / "resumed", *data, "--num_workers", "2", "--resume_from_checkpoint",
+        str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))  # other workers than the full run: same draws
 
     def lr_by_step(folder):
         records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
@@ -125,6 +126,10 @@ def test_mid_epoch_resume_and_rotation(data_root, tmp_path):
 
     full, resumed = lr_by_step(tmp_path / "full"), lr_by_step(tmp_path / "resumed")
     assert sorted(resumed) == [7, 8] and all(resumed[s] == full[s] for s in resumed)
+    full_weights = load_file(tmp_path / "full" / "model.safetensors")
+    resumed_weights = load_file(tmp_path / "resumed" / "model.safetensors")
+    for key, value in full_weights.items():
+        assert torch.allclose(value, resumed_weights[key], atol=1e-6), key
 
 
 def test_init_from_keeps_the_checkpoint_loss_target(data_root, tmp_path):
