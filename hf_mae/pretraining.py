@@ -253,9 +253,10 @@ def start_run(args, out_dir: Path, log_with=None, fresh_log: bool = False):
 
 def mask_noise(pixels: torch.Tensor, num_patches: int, *seed_parts: int) -> torch.Tensor:
     """A batch's masking noise from a generator of its own, seeded by (seed, epoch, batch, process): the
-    masks do not depend on what drew random numbers before, so a resumed run draws the ones it would have."""
-    generator = torch.Generator(device=pixels.device).manual_seed(mixed_seed(*seed_parts))
-    return torch.rand(len(pixels), num_patches, generator=generator, device=pixels.device)
+    masks do not depend on what drew random numbers before, so a resumed run draws the ones it would have.
+    Drawn on the CPU (a few KB): the same masks on every kind of device."""
+    generator = torch.Generator().manual_seed(mixed_seed(*seed_parts))
+    return torch.rand(len(pixels), num_patches, generator=generator).to(pixels.device, non_blocking=True)
 
 
 @torch.no_grad()

@@ -239,3 +239,14 @@ def test_missing_tracker_is_a_clear_warning(capsys):
     assert trackers_from("none") is None and trackers_from("all") == "all"
     assert trackers_from("surely_not_a_tracker_pkg") is None
     assert "not installed" in capsys.readouterr().err
+
+
+def test_mask_noise_depends_on_its_seed_parts_only():
+    from hf_mae.pretraining import mask_noise
+
+    pixels = torch.zeros(4, 1, 8, 8)
+    first = mask_noise(pixels, 16, 0, 1, 2, 0)
+    torch.rand(10)  # whatever else draws from the global RNG in between
+    assert first.shape == (4, 16) and torch.equal(mask_noise(pixels, 16, 0, 1, 2, 0), first)
+    for other in [(1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]:  # seed, epoch, batch, process
+        assert not torch.equal(mask_noise(pixels, 16, *other), first)
