@@ -11,8 +11,9 @@ cores (see EMBEDDED_DEFAULTS); any other dataset gets the official values. Evalu
 after every epoch; the best epoch's model is kept in `<output_dir>/best`, the final one in `<output_dir>`
 (both `AutoModelForImageClassification`-loadable, with the processor), `results.json` holds the best and
 final top-1 / top-5 and the settings. `--random_init` trains the same architecture from scratch with the
-same recipe and budget: the comparison that shows what pretraining buys. Each epoch ends with a resumable
-checkpoint (`<output_dir>/checkpoints`); `--resume_from_checkpoint latest` continues a stopped run exactly.
+same recipe and budget: the comparison that shows what pretraining buys. Each epoch (and, with
+`--checkpointing_steps N`, every N steps) ends with a resumable checkpoint (`<output_dir>/checkpoints`);
+`--resume_from_checkpoint latest` continues a stopped run exactly.
 
     accelerate launch scripts/finetune.py --model outputs/pretrain                  # embedded data
     accelerate launch scripts/finetune.py --model outputs/pretrain --random_init --output_dir outputs/finetune_scratch
@@ -49,7 +50,7 @@ from .probing import (
     read_mae_config,
     save_model_into,
 )
-from .train_loader import train_dataloader
+from .train_loader import mixed_seed, train_dataloader
 
 # Unset flags take these values on the embedded default data (4,000 28x28 digits) or the official ViT-B values
 # elsewhere. Embedded, measured on 2 CPU cores (bf16, eager attention, ~290 img/s): ~15 s per epoch with its
@@ -106,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow writing into an output_dir that holds a finished run")
     run.add_argument("--resume_from_checkpoint", default=None,
                      help="'latest' (the newest in <output_dir>/checkpoints) or a checkpoint folder: continue "
-                          "from the end of its epoch (model, optimizer, schedule, RNG, best epoch and history)")
+                          "exactly where it was written (model, optimizer, schedule, RNG, best epoch, history)")
+    run.add_argument("--checkpointing_steps", default="epoch",
+                     help="'epoch': a resumable checkpoint at the end of every epoch; N: also every N optimizer "
+                          "steps within an epoch")
     run.add_argument("--checkpoints_total_limit", type=int, default=1,
-                     help="resumable checkpoints kept in <output_dir>/checkpoints, one written per epoch "
-                          "(0: write none)")
+                     help="resumable checkpoints kept in <output_dir>/checkpoints (0: write none)")
     run.add_argument("--logging_steps", type=int, default=10, help="log every N optimizer steps")
     run.add_argument("--report_to", default="none",
                      help="Accelerate trackers: tensorboard, wandb, ... , 'all' (installed ones) or 'none'")
@@ -123,6 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("--gradient_accumulation_steps must be >= 1")
     if args.checkpoints_total_limit < 0:
         raise SystemExit("--checkpoints_total_limit must be >= 0")
+    if args.checkpointing_steps != "epoch" and not (str(args.checkpointing_steps).isdigit()
+                                                     and int(args.checkpointing_steps) > 0):
+        raise SystemExit("--checkpointing_steps must be a positive number or 'epoch', "
+                         f"got {args.checkpointing_steps!r}")
     args = apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
     try:  # bad values fail here, before any data or model is loaded
         RandAugment.from_string(args.aa)
@@ -202,14 +209,16 @@ def main(args: argparse.Namespace) -> dict:
     warmup_updates = min(total_updates, round(args.warmup_epochs * updates_per_epoch))
     mixup = Mixup(args.mixup, args.cutmix, prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
                   label_smoothing=args.smoothing, num_classes=num_labels,
-                  generator=torch.Generator())  # seeded per epoch below, so a resumed run draws the same
+                  generator=torch.Generator())  # seeded per batch below, so a resumed run draws the same
 
     checkpoints_dir = out_dir / "checkpoints"
     start_epoch, update_step, best, history, resumed_from = 0, 0, {"top1": -1.0}, [], None
+    skip_batches, epoch_totals = 0, (0.0, 0)  # a mid-epoch checkpoint: batches done, (loss sum, micro-batches)
     if args.resume_from_checkpoint:
         resumed_from, state = resume_from(accelerator, args.resume_from_checkpoint, checkpoints_dir)
         if resumed_from is not None:
             start_epoch, update_step, history = state["epoch"], state["update_step"], state["history"]
+            skip_batches, epoch_totals = state.get("batches_in_epoch", 0), tuple(state.get("epoch_totals", (0.0, 0)))
             if (out_dir / "best").exists():  # else (resumed into a new folder) the best is tracked from here on
                 best = state["best"]
 
@@ -233,6 +242,15 @@ def main(args: argparse.Namespace) -> dict:
                                                                   if isinstance(v, (int, float, str, bool))})
 
     unwrapped = accelerator.unwrap_model(model)
+    checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+
+    def checkpoint(epoch: int, batches_in_epoch: int = 0, totals: tuple = (0.0, 0)) -> None:
+        state = {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "epoch_totals": totals,
+                 "update_step": update_step, "best": best, "history": history}
+        path = save_checkpoint(accelerator, model, processor, checkpoints_dir, update_step, state,
+                               args.checkpoints_total_limit)
+        run_log.write({"event": "checkpoint", "step": update_step, "path": str(path)})
+
     last_good = None
     progress = tqdm(total=total_updates, initial=update_step, desc="fine-tuning",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -242,10 +260,12 @@ def main(args: argparse.Namespace) -> dict:
     for epoch in range(start_epoch, args.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        mixup.generator.manual_seed(args.seed + accelerator.process_index + 1_000_003 * epoch)
-        epoch_loss, epoch_micro = torch.zeros((), device=accelerator.device), 0
+        active = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        batches_in_epoch, skip_batches = skip_batches, 0
+        epoch_loss, epoch_micro = torch.tensor(epoch_totals[0], device=accelerator.device), epoch_totals[1]
+        epoch_totals = (0.0, 0)
         wait_start = time.perf_counter()
-        for batch in train_loader:
+        for batch in active:
             window["wait"] += time.perf_counter() - wait_start
             pixels, labels, weight = batch["pixel_values"], batch["labels"], 1.0
             if len(pixels) == 0:  # every image undecodable: a zero-weight step keeps processes in step
@@ -253,7 +273,9 @@ def main(args: argparse.Namespace) -> dict:
                     continue
                 (pixels, labels), weight = last_good, 0.0
             last_good = (pixels, labels)
+            mixup.generator.manual_seed(mixed_seed(args.seed, epoch, batches_in_epoch, accelerator.process_index))
             pixels, targets = mixup(pixels, labels)
+            batches_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(pixel_values=pixels, labels=targets).loss
                 if not torch.isfinite(loss):
@@ -286,6 +308,9 @@ def main(args: argparse.Namespace) -> dict:
                     progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
                     window.update(loss=torch.zeros((), device=accelerator.device), micro=0, images=0, wait=0.0,
                                   start=time.perf_counter())
+                if (checkpoint_every and args.checkpoints_total_limit and update_step % checkpoint_every == 0
+                        and batches_in_epoch < len(train_loader)):  # the epoch's last one follows its evaluation
+                    checkpoint(epoch, batches_in_epoch, (epoch_loss.item(), epoch_micro))
             wait_start = time.perf_counter()
 
         metrics = evaluate_classifier(accelerator, model, eval_loader)
@@ -301,10 +326,7 @@ def main(args: argparse.Namespace) -> dict:
                 save_pretrained_atomic(unwrapped, processor, out_dir / "best")
         accelerator.wait_for_everyone()
         if args.checkpoints_total_limit:
-            state = {"epoch": epoch + 1, "update_step": update_step, "best": best, "history": history}
-            path = save_checkpoint(accelerator, model, processor, checkpoints_dir, update_step, state,
-                                   args.checkpoints_total_limit)
-            run_log.write({"event": "checkpoint", "step": update_step, "path": str(path)})
+            checkpoint(epoch + 1)
         accelerator.print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f}, held-out top-1 "
                           f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%" + (" (best)" if improved else ""))
     progress.close()

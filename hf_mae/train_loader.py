@@ -84,5 +84,8 @@ def train_dataloader(dataset, fn: TransformFn, batch_size: int, num_workers: int
         return DataLoader(apply_transform(dataset, fn), batch_size=batch_size, drop_last=True,
                           num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0)
     seeded = EpochSeededDataset(dataset, fn, seed)
+    # A generator of its own for the workers' base seed: starting an epoch draws nothing from the global RNG,
+    # whose stream (dropout, drop path) then continues alike in a resumed run and in the uninterrupted one.
     return DataLoader(seeded, batch_size=batch_size, sampler=EpochShuffleSampler(len(seeded), seed), drop_last=True,
-                      num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))

@@ -156,6 +156,27 @@ def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(root, tmp_path):
     assert resumed["best_epoch"] == 2 and (tmp_path / "resumed" / "best" / "model.safetensors").exists()
 
 
+def test_mid_epoch_checkpoint_resumes_exactly(root, tmp_path):
+    """--checkpointing_steps N adds checkpoints within epochs; resuming from one (with other data workers)
+    ends where the uninterrupted run ends: crops, RandAugment, erasing, mixup and drop path all draw alike."""
+    from safetensors.torch import load_file
+
+    full = finetune(root, tmp_path / "full", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5")
+    names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert names == ["checkpoint-3", "checkpoint-4", "checkpoint-6", "checkpoint-8"]  # 4 steps per epoch
+    state = json.loads((tmp_path / "full" / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
+    assert state["epoch"] == 1 and state["batches_in_epoch"] == 2 and state["update_step"] == 6
+    resumed = finetune(root, tmp_path / "resumed", "--num_workers", "2", "--resume_from_checkpoint",
+                       str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))
+    assert resumed["history"][1]["top1"] == full["history"][1]["top1"]
+    assert resumed["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-5)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], atol=1e-6), key
+    with pytest.raises(SystemExit, match="checkpointing_steps"):
+        parse_args(["--checkpointing_steps", "0"])
+
+
 def test_resume_latest_in_place_keeps_the_best_and_the_log(root, tmp_path):
     out = tmp_path / "ft"
     finetune(root, out, "--epochs", "1")
