@@ -267,15 +267,15 @@ def main(args: argparse.Namespace) -> dict:
         wait_start = time.perf_counter()
         for batch in active:
             window["wait"] += time.perf_counter() - wait_start
+            batch_index, batches_in_epoch = batches_in_epoch, batches_in_epoch + 1  # counts every batch drawn
             pixels, labels, weight = batch["pixel_values"], batch["labels"], 1.0
             if len(pixels) == 0:  # every image undecodable: a zero-weight step keeps processes in step
                 if last_good is None:
                     continue
                 (pixels, labels), weight = last_good, 0.0
             last_good = (pixels, labels)
-            mixup.generator.manual_seed(mixed_seed(args.seed, epoch, batches_in_epoch, accelerator.process_index))
+            mixup.generator.manual_seed(mixed_seed(args.seed, epoch, batch_index, accelerator.process_index))
             pixels, targets = mixup(pixels, labels)
-            batches_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(pixel_values=pixels, labels=targets).loss
                 if not torch.isfinite(loss):
@@ -310,7 +310,8 @@ def main(args: argparse.Namespace) -> dict:
                                   start=time.perf_counter())
                 if (checkpoint_every and args.checkpoints_total_limit and update_step % checkpoint_every == 0
                         and batches_in_epoch < len(train_loader)):  # the epoch's last one follows its evaluation
-                    checkpoint(epoch, batches_in_epoch, (epoch_loss.item(), epoch_micro))
+                    share = accelerator.reduce(epoch_loss.clone(), "sum").item() / accelerator.num_processes
+                    checkpoint(epoch, batches_in_epoch, (share, epoch_micro))  # each process resumes with a share
             wait_start = time.perf_counter()
 
         metrics = evaluate_classifier(accelerator, model, eval_loader)
