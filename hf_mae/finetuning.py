@@ -50,7 +50,7 @@ from .probing import (
     read_mae_config,
     save_model_into,
 )
-from .train_loader import mixed_seed, train_dataloader
+from .train_loader import seeded_generator, train_dataloader
 
 # Unset flags take these values on the embedded default data (4,000 28x28 digits) or the official ViT-B values
 # elsewhere. Embedded, measured on 2 CPU cores (bf16, eager attention, ~290 img/s): ~15 s per epoch with its
@@ -208,8 +208,7 @@ def main(args: argparse.Namespace) -> dict:
     total_updates = args.epochs * updates_per_epoch
     warmup_updates = min(total_updates, round(args.warmup_epochs * updates_per_epoch))
     mixup = Mixup(args.mixup, args.cutmix, prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
-                  label_smoothing=args.smoothing, num_classes=num_labels,
-                  generator=torch.Generator())  # seeded per batch below, so a resumed run draws the same
+                  label_smoothing=args.smoothing, num_classes=num_labels)  # its generator: set per batch below
 
     checkpoints_dir = out_dir / "checkpoints"
     start_epoch, update_step, best, history, resumed_from = 0, 0, {"top1": -1.0}, [], None
@@ -274,7 +273,7 @@ def main(args: argparse.Namespace) -> dict:
                     continue
                 (pixels, labels), weight = last_good, 0.0
             last_good = (pixels, labels)
-            mixup.generator.manual_seed(mixed_seed(args.seed, epoch, batch_index, accelerator.process_index))
+            mixup.generator = seeded_generator(args.seed, epoch, batch_index, accelerator.process_index)
             pixels, targets = mixup(pixels, labels)
             with accelerator.accumulate(model):
                 loss = model(pixel_values=pixels, labels=targets).loss

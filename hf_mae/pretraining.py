@@ -47,7 +47,7 @@ from .knn import knn_accuracy
 from .modeling_mae import MAEForPreTraining
 from .optim import build_adamw, lr_at_step, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import resolve_mixed_precision
-from .train_loader import mixed_seed, train_dataloader
+from .train_loader import seeded_generator, train_dataloader
 from .visualization import loss_curve, reconstruction_grid
 
 # What the embedded default run uses when a flag is left unset (sized for ~10 minutes on 2 CPU cores);
@@ -255,8 +255,8 @@ def mask_noise(pixels: torch.Tensor, num_patches: int, *seed_parts: int) -> torc
     """A batch's masking noise from a generator of its own, seeded by (seed, epoch, batch, process): the
     masks do not depend on what drew random numbers before, so a resumed run draws the ones it would have.
     Drawn on the CPU (a few KB): the same masks on every kind of device."""
-    generator = torch.Generator().manual_seed(mixed_seed(*seed_parts))
-    return torch.rand(len(pixels), num_patches, generator=generator).to(pixels.device, non_blocking=True)
+    noise = torch.rand(len(pixels), num_patches, generator=seeded_generator(*seed_parts))
+    return noise.to(pixels.device, non_blocking=True)
 
 
 @torch.no_grad()

@@ -30,6 +30,11 @@ def mixed_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by `mixed_seed(*parts)`: a random stream named by what it is for."""
+    return torch.Generator().manual_seed(mixed_seed(*parts))
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A fresh permutation of range(size) each epoch, drawn from (seed, epoch), yielded as `epoch * size + i`
     so the epoch travels with each index to `EpochSeededDataset` (in whatever process loads it)."""
@@ -45,8 +50,7 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):
         if self.shuffle:
-            generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=generator)
+            order = torch.randperm(self.size, generator=seeded_generator(self.seed, self.epoch))
         else:
             order = torch.arange(self.size)
         return iter((order + self.epoch * self.size).tolist())

@@ -76,3 +76,13 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+def assert_same_weights(folder_a: Path, folder_b: Path, atol: float = 1e-6) -> None:
+    """Two runs' `model.safetensors` hold the same tensors (an interrupted-and-resumed run vs the full one)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(Path(folder_a) / "model.safetensors"), load_file(Path(folder_b) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], atol=atol), key

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_checkpoint, write_two_class_folders
+from conftest import assert_same_weights, save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae.finetuning import main, parse_args
@@ -139,8 +139,6 @@ def test_finetune_from_random_init_uses_the_same_recipe(root, tmp_path):
 
 
 def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(root, tmp_path):
-    from safetensors.torch import load_file
-
     full = finetune(root, tmp_path / "full", "--checkpoints_total_limit", "5")
     checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8"]  # one per epoch, 4 steps each
@@ -149,9 +147,7 @@ def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(root, tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]  # epoch 1 comes from the checkpoint
     assert resumed["history"][1]["top1"] == full["history"][1]["top1"]
     assert resumed["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-5)
-    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    for key, value in a.items():
-        assert torch.allclose(value, b[key], atol=1e-6), key
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
     # a fresh folder has no `best` from epoch 1: the best is tracked from the resume on, and is on disk
     assert resumed["best_epoch"] == 2 and (tmp_path / "resumed" / "best" / "model.safetensors").exists()
 
@@ -159,8 +155,6 @@ def test_resume_after_an_epoch_reproduces_the_uninterrupted_run(root, tmp_path):
 def test_mid_epoch_checkpoint_resumes_exactly(root, tmp_path):
     """--checkpointing_steps N adds checkpoints within epochs; resuming from one (with other data workers)
     ends where the uninterrupted run ends: crops, RandAugment, erasing, mixup and drop path all draw alike."""
-    from safetensors.torch import load_file
-
     full = finetune(root, tmp_path / "full", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5")
     names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
     assert names == ["checkpoint-3", "checkpoint-4", "checkpoint-6", "checkpoint-8"]  # 4 steps per epoch
@@ -170,9 +164,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(root, tmp_path):
                        str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))
     assert resumed["history"][1]["top1"] == full["history"][1]["top1"]
     assert resumed["history"][1]["train_loss"] == pytest.approx(full["history"][1]["train_loss"], rel=1e-5)
-    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    for key, value in a.items():
-        assert torch.allclose(value, b[key], atol=1e-6), key
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
     with pytest.raises(SystemExit, match="checkpointing_steps"):
         parse_args(["--checkpointing_steps", "0"])
 

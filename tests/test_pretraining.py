@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, two_class_picture, write_two_class_folders
+from conftest import TINY, assert_same_weights, two_class_picture, write_two_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
@@ -100,10 +100,7 @@ def test_resume_at_epoch_boundary_reproduces_the_uninterrupted_run(data_root, tm
     checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-4", "checkpoint-8"]
     run(data_root, tmp_path / "resumed", *data, "--resume_from_checkpoint", str(checkpoints[0]))
-    full = load_file(tmp_path / "full" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
-    for key, value in full.items():
-        assert torch.allclose(value, resumed[key], atol=1e-6), key
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
 
 
 def test_mid_epoch_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
@@ -126,10 +123,7 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
 
     full, resumed = lr_by_step(tmp_path / "full"), lr_by_step(tmp_path / "resumed")
     assert sorted(resumed) == [7, 8] and all(resumed[s] == full[s] for s in resumed)
-    full_weights = load_file(tmp_path / "full" / "model.safetensors")
-    resumed_weights = load_file(tmp_path / "resumed" / "model.safetensors")
-    for key, value in full_weights.items():
-        assert torch.allclose(value, resumed_weights[key], atol=1e-6), key
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
 
 
 def test_init_from_keeps_the_checkpoint_loss_target(data_root, tmp_path):
