@@ -109,9 +109,14 @@ class MAEConfig(PreTrainedConfig):
             raise ValueError(f"classifier_head must be 'linear_probe' or 'finetune', got {self.classifier_head!r}")
 
     @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) in pixels, whether `image_size` is an int or a pair."""
+        return _pair(self.image_size)
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """Patches per column and per row at the configured resolution."""
-        height, width = _pair(self.image_size)
+        height, width = self.image_hw
         return height // self.patch_size, width // self.patch_size
 
     @property
