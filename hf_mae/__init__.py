@@ -1,28 +1,67 @@
 """hf_mae: Masked Autoencoders (He et al. 2022) as Hugging Face transformers classes.
 
 Importing the package registers model type "hf_mae" with AutoConfig, AutoModel, AutoModelForPreTraining,
-AutoModelForImageClassification and AutoImageProcessor.
+AutoModelForImageClassification, AutoBackbone and AutoImageProcessor (PIL and torch backends), and tells
+AutoVideoProcessor that hf_mae has no video processor: with hf_mae installed, no Auto class or pipeline
+asks to run the code files saved beside a checkpoint.
 """
 
+import json
+from pathlib import Path
+
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
 )
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_mae import PRESETS, MAEConfig
 from .image_processing_mae import MAEImageProcessor
-from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
+from .modeling_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
 
 AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
 AutoModel.register(MAEConfig, MAEModel, exist_ok=True)
 AutoModelForPreTraining.register(MAEConfig, MAEForPreTraining, exist_ok=True)
 AutoModelForImageClassification.register(MAEConfig, MAEForImageClassification, exist_ok=True)
+AutoBackbone.register(MAEConfig, MAEBackbone, exist_ok=True)
+# AutoVideoProcessor (which pipelines try) guesses "MAEVideoProcessor" from the processor's auto_map and, with
+# nothing registered locally, asks whether to run that (non-existent) remote code: a y/N prompt and a 15 s
+# stall in a terminal. Registering "no video processor" for MAEConfig makes it fail fast instead.
+AutoVideoProcessor.register(MAEConfig, video_processor_classes={}, exist_ok=True)
 AutoImageProcessor.register(MAEConfig, image_processor_classes={"pil": MAEImageProcessor}, exist_ok=True)
-MAEImageProcessor.register_for_auto_class("AutoImageProcessor")  # saves its code file beside the config
+MAEImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
+def _is_hf_mae_folder(path) -> bool:
+    config = Path(str(path)) / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("model_type") == MAEConfig.model_type
+    except (OSError, ValueError):
+        return False
+
+
+_auto_backbone_from_pretrained = AutoBackbone.from_pretrained
+
+
+def _backbone_from_pretrained(pretrained_model_name_or_path, *args, **kwargs):
+    """AutoBackbone.from_pretrained, with local hf_mae folders loaded as MAEBackbone: transformers 5.24 first
+    asks the Hub whether the name is a repo (to route timm names), which fails for any local folder (an
+    absolute path is not a repo id; offline, nothing answers). Anything else goes to transformers."""
+    if _is_hf_mae_folder(pretrained_model_name_or_path):
+        kwargs.pop("use_timm_backbone", None)
+        kwargs.pop("trust_remote_code", None)  # the installed MAEBackbone is the local code
+        return MAEBackbone.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+    return _auto_backbone_from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+if not getattr(AutoBackbone.from_pretrained, "_hf_mae", False):
+    _backbone_from_pretrained._hf_mae = True
+    AutoBackbone.from_pretrained = staticmethod(_backbone_from_pretrained)  # saves its code file beside the config
 
 __version__ = "0.1.0"
-__all__ = ["MAEConfig", "PRESETS", "MAEModel", "MAEForPreTraining", "MAEForImageClassification",
+__all__ = ["MAEConfig", "PRESETS", "MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone",
            "MAEPreTrainedModel", "MAEImageProcessor"]

@@ -1,7 +1,14 @@
 """MAE configuration: the HF field names, the seed's aliases, validation and named presets."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+
+try:
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # transformers < 5.2 kept it under utils
+    from transformers.utils.backbone_utils import BackboneConfigMixin
 
 # Shared by every preset: the paper's light decoder (512 wide, 8 blocks, 16 heads) unless overridden.
 _PAPER_DECODER = {"decoder_hidden_size": 512, "decoder_num_hidden_layers": 8, "decoder_num_attention_heads": 16}
@@ -24,12 +31,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _fpn_indices(depth: int) -> list[int]:
+    """Four evenly spaced blocks ending with the last (BEiT/MAE segmentation: 4, 6, 8, 12 of 12 blocks, 1-based)."""
+    return [max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)] if depth >= 4 else list(range(depth + 1))[-4:]
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
 @strict
-class MAEConfig(PreTrainedConfig):
+class MAEConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of an MAE (encoder, light decoder, masked-patch loss).
 
     Field names follow transformers' ViTMAE; the seed's names (`img_size`, `encoder_dim`, `decoder_dim`,
@@ -38,6 +50,17 @@ class MAEConfig(PreTrainedConfig):
 
     Classification fields: `pooling` ("cls" or "mean") and `classifier_head` ("linear_probe": BatchNorm
     without affine + Linear on a frozen encoder, or "finetune": fc_norm + Linear).
+
+    Evaluation masks: in eval mode, a pretraining forward without `noise` draws its masks from a generator
+    seeded with `eval_mask_seed` (default 0), so a validation loss is the same on every evaluation and
+    comparable across them. Set it to None for fresh random masks in eval mode too; training mode always
+    draws fresh masks, and an explicit `noise=` always wins.
+
+    Backbone fields (`MAEBackbone` / `AutoBackbone`): `out_features` / `out_indices` pick among
+    `stage_names` = ["stem", "stage1", ..., "stageN"] (the patch embeddings, then each encoder block's
+    output); feature maps are (B, hidden_size, H/p, W/p) without the CLS token, or the (B, 1 + N, D) tokens with
+    `reshape_hidden_states=False` (what DPT's neck takes); `add_fpn=True` turns four chosen stages into a
+    4x / 2x / 1x / 0.5x pyramid (needs exactly four, and reshaped maps).
     """
 
     model_type = "hf_mae"
@@ -64,14 +87,24 @@ class MAEConfig(PreTrainedConfig):
     decoder_intermediate_size: int | None = None
     mask_ratio: float | int = 0.75
     norm_pix_loss: bool = True
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | int = 1e-6
     qkv_bias: bool = True
     drop_path_rate: float | int = 0.0
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     pooling: str = "cls"
     classifier_head: str = "linear_probe"
+    eval_mask_seed: int | None = 0
+    add_fpn: bool = False
+    reshape_hidden_states: bool = True
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        if self.num_hidden_layers < 0:  # checked here too: the stage names below need a count >= 0
+            raise ValueError(f"num_hidden_layers must be >= 0, got {self.num_hidden_layers}")
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_indices=kwargs.pop("out_indices", None),
+                                                out_features=kwargs.pop("out_features", None))
         super().__post_init__(**kwargs)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
@@ -83,6 +116,15 @@ class MAEConfig(PreTrainedConfig):
 
     def check(self) -> None:
         """Raise a ValueError naming the first invalid field."""
+        for field in ("hidden_size", "intermediate_size", "decoder_hidden_size", "decoder_intermediate_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)}")
+        for field in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, field)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{field} must be a finite number > 0, got {value}")
+        if self.eval_mask_seed is not None and self.eval_mask_seed < 0:
+            raise ValueError(f"eval_mask_seed must be None or an integer >= 0, got {self.eval_mask_seed}")
         height, width = _pair(self.image_size)
         if min(height, width, self.patch_size, self.num_channels) < 1:
             raise ValueError(f"image_size, patch_size and num_channels must be positive, got image_size="
@@ -107,6 +149,11 @@ class MAEConfig(PreTrainedConfig):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.classifier_head not in ("linear_probe", "finetune"):
             raise ValueError(f"classifier_head must be 'linear_probe' or 'finetune', got {self.classifier_head!r}")
+        if self.add_fpn and len(self.out_indices) != 4:
+            raise ValueError(f"add_fpn=True needs exactly 4 out_indices (4x, 2x, 1x, 0.5x maps), got out_indices="
+                             f"{self.out_indices}; e.g. out_indices={_fpn_indices(self.num_hidden_layers)}")
+        if self.add_fpn and not self.reshape_hidden_states:
+            raise ValueError("add_fpn=True needs reshape_hidden_states=True (the pyramid works on 2-D maps)")
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -4,19 +4,27 @@ Layout and state-dict names follow the official `models_mae.py` (`patch_embed.pr
 `decoder_blocks.i`), so converting official or timm weights is a rename. Masking convention: 1 = removed.
 """
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_mae import MAEConfig
+
+try:
+    from transformers.backbone_utils import BackboneMixin
+except ImportError:  # transformers < 5.2 kept it under utils
+    from transformers.utils.backbone_utils import BackboneMixin
 from .image_processing_mae import normalize_patches, patchify, unpatchify
 
 AUTO_MAP = {
@@ -25,6 +33,7 @@ AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_mae.MAEForPreTraining",
     "AutoModelForImageClassification": "modeling_mae.MAEForImageClassification",
     "AutoImageProcessor": "image_processing_mae.MAEImageProcessor",
+    "AutoBackbone": "modeling_mae.MAEBackbone",
 }
 
 
@@ -51,18 +60,31 @@ def masking_indices(batch: int, length: int, mask_ratio: float, noise: torch.Ten
 
     Returns ids_keep (B, K) in shuffled order, mask (B, L) with 1 = removed, and ids_restore (B, L).
     """
+    if not 0 <= mask_ratio < 1:  # also catches NaN
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     len_keep = int(length * (1 - mask_ratio))
     if len_keep < 1:
         raise ValueError(f"mask_ratio {mask_ratio} keeps no patch out of {length}")
     if noise is None:
         noise = torch.rand(batch, length, device=device)
-    elif noise.shape != (batch, length):
-        raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
+    else:
+        check_noise(noise, batch, length)
     ids_shuffle = torch.argsort(noise.to(device), dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch, length, device=device, dtype=dtype)
     mask[:, :len_keep] = 0
     return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def check_noise(noise: torch.Tensor, batch: int, length: int) -> None:
+    """`noise` must be a float (B, L) tensor of finite values. The finiteness check runs on CPU tensors only:
+    on an accelerator it would stall the queue every step (the pretraining loop passes device noise)."""
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        raise ValueError(f"noise must be a floating-point tensor, got {getattr(noise, 'dtype', type(noise))}")
+    if noise.shape != (batch, length):
+        raise ValueError(f"noise must have shape {(batch, length)}, got {tuple(noise.shape)}")
+    if noise.device.type == "cpu" and not torch.isfinite(noise).all():
+        raise ValueError("noise holds NaN or infinite values")
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -239,7 +261,10 @@ class MAEPreTrainedModel(PreTrainedModel):
             if not getattr(module.weight, "_is_hf_initialized", False):  # a view loses the loaded-weight flag
                 init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
             init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+        elif isinstance(module, nn.ConvTranspose2d):  # the backbone's pyramid (no checkpoint holds it)
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
             if module.weight is not None:
                 init.ones_(module.weight)
                 init.zeros_(module.bias)
@@ -255,13 +280,67 @@ class MAEPreTrainedModel(PreTrainedModel):
             init.copy_(module.decoder_pos_embed,
                        sincos_pos_embed(self.config.decoder_hidden_size, self.config.grid_size))
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (what PEFT and transformers utilities take as the input embedding layer)."""
+        return self.base_model.patch_embed
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write the full `auto_map`, so the folder loads with every Auto class and `trust_remote_code=True`
-        where hf_mae is not installed (transformers copies the code files beside the weights)."""
+        where hf_mae is not installed (transformers copies the code files beside the weights), and a model
+        card (README.md) unless the folder already holds a card that `write_model_card` did not write.
+        `push_to_hub=True` uploads the folder, card included (see `push_to_hub`)."""
         self.config.auto_map = dict(AUTO_MAP)
         if self._auto_class is None:
             type(self).register_for_auto_class(_auto_class_of(type(self)))
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        push = kwargs.pop("push_to_hub", False)
+        repo_id = kwargs.pop("repo_id", None)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr") if k in kwargs}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        self.write_model_card(save_directory, repo_id=repo_id)
+        if push:
+            _upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
+        return result
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None,
+                    commit_description: str | None = None, private: bool | None = None, token=None,
+                    revision: str | None = None, create_pr: bool = False, max_shard_size="50GB",
+                    tags: list[str] | None = None, **kwargs):
+        """Upload weights, config, code files and the hf_mae model card in one commit (transformers' own
+        push_to_hub would replace the card with its generic "[More Information Needed]" one). A README.md
+        already on the Hub that hf_mae did not write is kept. Returns the commit info."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            self.write_model_card(folder, repo_id=repo_id, tags=tags)
+            return _upload_folder(folder, repo_id, commit_message=commit_message,
+                                  commit_description=commit_description, private=private, token=token,
+                                  revision=revision, create_pr=create_pr)
+
+    def write_model_card(self, folder, repo_id: str | None = None, tags: list[str] | None = None) -> bool:
+        """Write `folder/README.md` (see `model_card`) unless a card not written here is there (a user's, or
+        hf_mae.hub's fuller one); returns whether it wrote."""
+        readme = Path(folder) / "README.md"
+        if readme.is_file() and not is_auto_model_card(readme):
+            return False
+        model_card(self, repo_id or str(folder), tags=tags).save(readme)
+        return True
+
+    def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Validate (B, C, H, W) input and cast floating input to the model's dtype (fp16 / bf16 / fp64 into an
+        fp32 model and so on). Integer images are refused: the model takes what the processor gives
+        (rescaled and normalised floats), and guessing a scale would silently change the features.
+        Returns the input and its patch grid (rows, cols)."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape "
+                             f"{tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be floating point (rescaled and normalised by "
+                             f"MAEImageProcessor), got {pixel_values.dtype}")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values holds an empty batch (0 images)")
+        grid = self._check_pixel_values(pixel_values)
+        return pixel_values.to(self.dtype), grid
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, p*p*C)."""
@@ -289,7 +368,90 @@ class MAEPreTrainedModel(PreTrainedModel):
 
 def _auto_class_of(cls) -> str:
     return {"MAEModel": "AutoModel", "MAEForPreTraining": "AutoModelForPreTraining",
-            "MAEForImageClassification": "AutoModelForImageClassification"}[cls.__name__]
+            "MAEForImageClassification": "AutoModelForImageClassification",
+            "MAEBackbone": "AutoBackbone"}[cls.__name__]
+
+
+# --- model cards -----------------------------------------------------------------------------------------
+# A short card written by save_pretrained / push_to_hub; hf_mae.hub renders the full ones from model_cards/.
+# Built here (not in hf_mae.hub) because this file is copied into checkpoints and must stand alone.
+CARD_TAGS = ["mae", "self-supervised", "vision", "hf_mae"]
+_AUTO_CARD_MARKER = "<!-- hf_mae: card written by save_pretrained -->"
+_CARD_KINDS = {  # class -> (what it is, pipeline tag, Auto class, what the snippet computes)
+    "MAEModel": ("MAE-pretrained ViT encoder", "image-feature-extraction", "AutoModel",
+                 "features = model(**inputs).last_hidden_state  # (1, 1 + patches, hidden_size), CLS first"),
+    "MAEForPreTraining": ("MAE (encoder + light decoder) for masked-image pretraining",
+                          "image-feature-extraction", "AutoModelForPreTraining",
+                          "loss, logits, mask = model(**inputs)  # per-patch predictions, 1 = masked"),
+    "MAEForImageClassification": ("MAE ViT image classifier", "image-classification",
+                                  "AutoModelForImageClassification",
+                                  "label = model.config.id2label[model(**inputs).logits.argmax(-1).item()]"),
+    "MAEBackbone": ("MAE ViT backbone (feature maps for dense prediction heads)", "image-feature-extraction",
+                    "AutoBackbone", "maps = model(**inputs).feature_maps  # (1, hidden_size, H/p, W/p) each"),
+}
+
+
+def is_auto_model_card(readme) -> bool:
+    """Whether `readme` is a card that `write_model_card` wrote (and may therefore rewrite)."""
+    return _AUTO_CARD_MARKER in Path(readme).read_text(encoding="utf-8", errors="replace")
+
+
+def model_card(model: "MAEPreTrainedModel", repo_id: str, tags: list[str] | None = None) -> ModelCard:
+    """A card naming the model type, its size and input, with tags and a snippet that loads `repo_id`."""
+    what, pipeline_tag, auto_class, usage = _CARD_KINDS[type(model).__name__]
+    config = model.config
+    height, width = config.image_hw
+    data = ModelCardData(library_name="transformers", pipeline_tag=pipeline_tag,
+                         tags=CARD_TAGS + ["custom_code"] + [t for t in tags or [] if t not in CARD_TAGS])
+    mode = "L" if config.num_channels == 1 else "RGB"
+    size = (f"{config.hidden_size}-d, {config.num_hidden_layers} blocks, {config.num_attention_heads} heads, "
+            f"{config.patch_size}x{config.patch_size} patches; {model.num_parameters() / 1e6:.2f}M weights")
+    content = f"""---
+{data.to_yaml()}
+---
+{_AUTO_CARD_MARKER}
+
+# {Path(repo_id).name}: {what}
+
+A Masked Autoencoder (He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022) saved with
+the hf_mae package as model type `hf_mae` (`{type(model).__name__}`).
+
+- Encoder: {size}
+- Input: {height}x{width} pixels, {config.num_channels} channel(s)
+
+## How to use
+
+The code files ship with the weights: `trust_remote_code=True` loads them where hf_mae is not installed
+(with `import hf_mae`, it is not needed).
+
+```python
+from PIL import Image
+from transformers import AutoImageProcessor, {auto_class}
+
+repo_id = "{repo_id}"
+processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
+model = {auto_class}.from_pretrained(repo_id, trust_remote_code=True).eval()
+inputs = processor(Image.open("image.png").convert("{mode}"), return_tensors="pt")
+{usage}
+```
+"""
+    return ModelCard(content)
+
+
+def _upload_folder(folder, repo_id: str, *, commit_message: str | None = None,
+                   commit_description: str | None = None, private: bool | None = None, token=None,
+                   revision: str | None = None, create_pr: bool = False):
+    """One commit of `folder` to `repo_id` (created if missing); a README.md on the Hub that hf_mae did not
+    write stays as it is."""
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    ignore = None
+    if api.file_exists(repo_id, "README.md", revision=revision):
+        if not is_auto_model_card(api.hf_hub_download(repo_id, "README.md", revision=revision)):
+            ignore = ["README.md"]
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
+                             commit_message=commit_message or "Upload model (hf_mae)",
+                             commit_description=commit_description, ignore_patterns=ignore)
 
 
 class MAEModel(MAEPreTrainedModel):
@@ -316,14 +478,26 @@ class MAEModel(MAEPreTrainedModel):
             return self.pos_embed
         return sincos_pos_embed(self.config.hidden_size, grid_size, self.pos_embed.device).to(self.pos_embed.dtype)
 
-    def forward_features(self, pixel_values, mask_ratio=None, noise=None, output_attentions=False,
-                         output_hidden_states=False):
+    def eval_noise(self, batch: int, length: int, device=None) -> torch.Tensor | None:
+        """Masking noise for eval mode: the same masks on every evaluation (seeded by `config.eval_mask_seed`),
+        so validation losses compare; None (fresh random masks) in training mode or when the seed is None."""
+        if self.training or self.config.eval_mask_seed is None:
+            return None
+        generator = torch.Generator().manual_seed(self.config.eval_mask_seed)
+        return torch.rand(batch, length, generator=generator).to(device)
+
+    def forward_tokens(self, pixel_values, mask_ratio=None, noise=None, output_attentions=False,
+                       output_hidden_states=False):
         """Tokens before the final norm, (B, 1 + K, D), plus mask, ids_restore, hidden states, attentions."""
-        grid = self._check_pixel_values(pixel_values)
+        pixel_values, grid = self._prepare_pixel_values(pixel_values)
         pos = self.position_embedding(grid)
         mask = ids_restore = None
+        if mask_ratio is not None and not 0 <= mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if mask_ratio or noise is not None:  # mask first: only the kept patches are embedded
             ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+            if noise is None:
+                noise = self.eval_noise(pixel_values.shape[0], grid[0] * grid[1], pixel_values.device)
             ids_keep, mask, ids_restore = masking_indices(pixel_values.shape[0], grid[0] * grid[1], ratio, noise,
                                                           pixel_values.device, pixel_values.dtype)
             x = self.patch_embed(pixel_values, ids_keep) + gather_tokens(pos[:, 1:], ids_keep)  # (B, K, D)
@@ -342,6 +516,10 @@ class MAEModel(MAEPreTrainedModel):
             hidden_states.append(x)
         return x, mask, ids_restore, tuple(hidden_states) or None, tuple(attentions) or None
 
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """timm's meaning: all tokens after the final norm, (B, 1 + N, D), CLS first; no masking."""
+        return self.norm(self.forward_tokens(pixel_values)[0])
+
     def forward(self, pixel_values: torch.Tensor, mask_ratio: float | None = None,
                 noise: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
@@ -350,7 +528,7 @@ class MAEModel(MAEPreTrainedModel):
         ratio is given."""
         output_attentions = output_attentions or self.config.output_attentions
         output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        x, mask, ids_restore, hidden_states, attentions = self.forward_features(
+        x, mask, ids_restore, hidden_states, attentions = self.forward_tokens(
             pixel_values, mask_ratio, noise, output_attentions, output_hidden_states)
         x = self.norm(x)
         output = MAEModelOutput(last_hidden_state=x, pooler_output=x[:, 0], mask=mask, ids_restore=ids_restore,
@@ -405,12 +583,17 @@ class MAEForPreTraining(MAEPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, mask_ratio: float | None = None,
                 noise: torch.Tensor | None = None, output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                return_loss: bool = True, **kwargs):
+        """pixel_values (B, C, H, W). Masks: `noise` (B, N) when given; else fresh random masks in training
+        mode and, in eval mode, the fixed masks of `config.eval_mask_seed` (see `MAEModel.eval_noise`).
+        `return_loss` is always honoured as True: it tells transformers' Trainer that this model computes
+        its loss without labels, so `Trainer.evaluate()` reports `eval_loss`."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         if not 0 < ratio < 1:
             raise ValueError(f"pretraining needs 0 < mask_ratio < 1 (the loss is computed on masked patches "
                              f"only), got {ratio}")
-        grid = self._check_pixel_values(pixel_values)
+        pixel_values, grid = self._prepare_pixel_values(pixel_values)
         encoded = self.encoder(pixel_values, mask_ratio=ratio, noise=noise, output_attentions=output_attentions,
                                output_hidden_states=output_hidden_states)
         pred = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, grid)
@@ -470,7 +653,7 @@ class MAEForImageClassification(MAEPreTrainedModel):
         if self.is_linear_probe:
             with torch.no_grad():
                 return self.pool(self.encoder(pixel_values).last_hidden_state)
-        return self.pool(self.encoder.forward_features(pixel_values)[0])
+        return self.pool(self.encoder.forward_tokens(pixel_values)[0])
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 return_dict: bool | None = None, **kwargs):
@@ -483,5 +666,58 @@ class MAEForImageClassification(MAEPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-__all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEPreTrainedModel",
-           "sincos_pos_embed", "random_masking", "masking_indices"]
+class MAEFeaturePyramid(nn.Module):
+    """Four same-resolution ViT maps -> 4x, 2x, 1x and 0.5x maps: the multi-scale neck that MAE's and BEiT's
+    UperNet segmentation code put on a plain ViT (2x2 stride-2 deconvolutions up, a 2x2 max-pool down)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
+                                 nn.ConvTranspose2d(dim, dim, 2, stride=2))
+        self.up2 = nn.ConvTranspose2d(dim, dim, 2, stride=2)
+        self.down2 = nn.MaxPool2d(2, stride=2)
+
+    def forward(self, maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])
+
+
+class MAEBackbone(BackboneMixin, MAEPreTrainedModel):
+    """The MAE encoder as a transformers backbone (AutoBackbone) for dense-prediction heads (UperNet, DPT...).
+
+    Stages are "stem" (patch embeddings + positions) and "stage1".."stageN" (each block's output, before the
+    final norm); `config.out_features` / `out_indices` choose them. Feature maps are (B, hidden_size, H/p,
+    W/p) without the CLS token, or the (B, 1 + N, D) tokens with `config.reshape_hidden_states=False`;
+    `config.add_fpn=True` makes the 4x / 2x / 1x / 0.5x pyramid of four stages. Loads the encoder weights of
+    any hf_mae encoder, pretraining or classifier checkpoint: `AutoBackbone.from_pretrained(folder,
+    out_indices=[4, 6, 8, 12])`. No masking: features are deterministic.
+    """
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        if config.add_fpn and len(config.out_indices) != 4:  # out_indices may have changed since the check
+            raise ValueError(f"add_fpn=True needs exactly 4 out_indices, got {config.out_indices}")
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.encoder = MAEModel(config)
+        self.fpn = MAEFeaturePyramid(config.hidden_size) if config.add_fpn else None
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs) -> BackboneOutput:
+        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        encoded = self.encoder(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
+        rows, cols = self.encoder._check_pixel_values(pixel_values)
+        maps = []
+        for stage, tokens in zip(self.stage_names, encoded.hidden_states):  # (B, 1 + N, D) each
+            if stage in self.out_features:
+                if self.config.reshape_hidden_states:
+                    tokens = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, rows, cols)
+                maps.append(tokens)
+        maps = self.fpn(tuple(maps)) if self.fpn is not None else tuple(maps)
+        output = BackboneOutput(feature_maps=maps,
+                                hidden_states=encoded.hidden_states if output_hidden_states else None,
+                                attentions=encoded.attentions)
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone", "MAEPreTrainedModel",
+           "sincos_pos_embed", "random_masking", "masking_indices", "model_card"]

@@ -73,8 +73,25 @@ def test_noise_makes_masking_deterministic(config):
     assert torch.equal(a.mask, b.mask) and torch.allclose(a.logits, b.logits) and a.loss == b.loss
     kept = noise.argsort(dim=1)[:, :4]
     assert torch.all(a.mask.gather(1, kept) == 0)  # the lowest-noise patches are the visible ones
-    c = model(pixels)
-    assert not torch.equal(c.mask, model(pixels).mask)  # random otherwise
+    model.train()  # training mode without noise: fresh random masks on every call
+    assert not torch.equal(model(pixels).mask, model(pixels).mask)
+
+
+def test_eval_masks_are_fixed_by_the_seed_and_overridable(config):
+    model = MAEForPreTraining(config).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(1)
+    a = model(pixels)
+    torch.manual_seed(2)
+    b = model(pixels)  # the global RNG does not matter in eval mode: the masks come from eval_mask_seed
+    assert torch.equal(a.mask, b.mask) and a.loss == b.loss
+    assert not torch.equal(a.mask[0], a.mask[1])  # per-image masks, not one pattern for the batch
+    model.config.eval_mask_seed = 1
+    assert not torch.equal(model(pixels).mask, a.mask)
+    model.config.eval_mask_seed = None  # opt out: random masks in eval mode too
+    assert not torch.equal(model(pixels).mask, model(pixels).mask)
+    noise = torch.rand(2, 16)
+    assert torch.equal(model(pixels, noise=noise).mask, model.train()(pixels, noise=noise).mask)  # noise wins
 
 
 def test_masking_before_embedding_equals_the_official_order(config):
