@@ -19,6 +19,7 @@ file is skipped (and named in a warning) instead of killing a long run.
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import math
@@ -255,6 +256,31 @@ def _num_rows(dataset, split: str) -> int | None:
     return getattr(info, "num_examples", None) or None  # 0 means "unknown" in streaming metadata
 
 
+def _saved_to_disk(path: str) -> bool:
+    """A folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, name))
+                                       for name in ("state.json", "dataset_dict.json"))
+
+
+def check_paths_exist(train_dir=None, eval_dir=None, data_files=None) -> None:
+    """A missing or empty data folder, or data files that match nothing: a DatasetLoadError naming the path."""
+    for flag, folder in (("--train_dir", train_dir), ("--eval_dir", eval_dir)):
+        if folder is None:
+            continue
+        if not os.path.isdir(folder):
+            raise DatasetLoadError(f"{flag} {folder}: no such folder" if not os.path.exists(folder) else
+                                   f"{flag} {folder} is a file, not a folder of images")
+        if not any(files for _, _, files in os.walk(folder)):
+            raise DatasetLoadError(f"{flag} {folder} holds no files (expected one sub-folder of images per class)")
+    if data_files is not None:
+        patterns = (data_files if isinstance(data_files, (list, tuple)) else
+                    [f for v in data_files.values() for f in ([v] if isinstance(v, str) else v)]
+                    if isinstance(data_files, dict) else [data_files])
+        for pattern in patterns:
+            if "://" not in str(pattern) and not glob.glob(str(pattern), recursive=True):
+                raise DatasetLoadError(f"--data_files {pattern}: no such file")
+
+
 def load_image_datasets(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -287,7 +313,14 @@ def load_image_datasets(
 
     common = {"cache_dir": cache_dir, "streaming": streaming}
     known_sizes: dict[str, int] = {}  # split sizes known without counting (the embedded default)
-    if dataset_name is not None:
+    check_paths_exist(train_dir=train_dir, eval_dir=eval_dir, data_files=data_files)
+    if dataset_name is not None and _saved_to_disk(dataset_name):
+        source = f"dataset {dataset_name} (save_to_disk folder)"
+        loaded = datasets.load_from_disk(dataset_name)
+        if streaming:
+            loaded = (loaded.to_iterable_dataset() if isinstance(loaded, datasets.Dataset) else
+                      datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()}))
+    elif dataset_name is not None:
         source = f"dataset {dataset_name}" + (f" ({dataset_config_name})" if dataset_config_name else "")
         try:
             loaded = datasets.load_dataset(dataset_name, dataset_config_name, data_files=data_files,
@@ -343,24 +376,6 @@ def load_image_datasets(
         streaming=streaming,
     )
     return train, evaluation, info
-
-
-def shard_for_process(dataset, rank: int, world_size: int):
-    """This process's part of `dataset`, for `world_size` processes.
-
-    Iterable datasets: `datasets.distributed.split_dataset_by_node` (whole files per rank when the file
-    count divides by `world_size`, else every `world_size`-th example). Map-style datasets: a contiguous
-    `Dataset.shard`. Use it only where the DataLoader is NOT given to `accelerator.prepare`: prepare already
-    splits map-style data through its sampler, and iterable data by dispatching batches from rank 0 (or, with
-    `dispatch_batches=False`, by sharding files itself), so sharding here as well would drop data.
-    """
-    if world_size <= 1:
-        return dataset
-    if isinstance(dataset, datasets.IterableDataset):
-        from datasets.distributed import split_dataset_by_node
-
-        return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-    return dataset.shard(num_shards=world_size, index=rank, contiguous=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -764,5 +779,4 @@ __all__ = [
     "load_image_datasets",
     "make_transform_fn",
     "prepare_columns",
-    "shard_for_process",
 ]

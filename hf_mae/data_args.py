@@ -13,13 +13,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                            "timm/imagenet-1k-wds) or a local dataset folder")
     data.add_argument("--dataset_config_name", default=None, help="dataset configuration name")
     data.add_argument("--train_dir", default=None, help="imagefolder of training images (one folder per class)")
-    data.add_argument("--eval_dir", default=None, help="imagefolder of held-out images")
+    data.add_argument("--eval_dir", "--validation_dir", default=None, help="imagefolder of held-out images")
     data.add_argument("--data_files", nargs="+", default=None,
                       help="parquet / arrow / webdataset .tar files (paths or globs) for the train split")
-    data.add_argument("--train_split", default="train")
-    data.add_argument("--eval_split", default="validation")
-    data.add_argument("--image_column", default=None, help="image column (guessed: image, img, jpg, ...)")
-    data.add_argument("--label_column", default=None, help="label column (guessed: label, cls, ...)")
+    data.add_argument("--train_split", default="train", help="split to train on (default train)")
+    data.add_argument("--eval_split", default="validation", help="held-out split (default validation)")
+    data.add_argument("--image_column", "--image_column_name", default=None,
+                      help="image column (guessed: image, img, jpg, ...)")
+    data.add_argument("--label_column", "--label_column_name", default=None,
+                      help="label column (guessed: label, cls, ...)")
     data.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
     data.add_argument("--cache_dir", default=None, help="datasets cache folder")
     data.add_argument("--strict_images", action="store_true",

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import save_pretrained_atomic, write_json_atomic
+from .checkpointing import CheckpointError, save_pretrained_atomic, write_json_atomic
 
 RUN_MARKER = "hf_mae_run.json"
 # What hf_mae programs write into an output folder: the names `--overwrite_output_dir` removes (nothing else
@@ -191,8 +192,8 @@ def check_output_dir(path, program: str, *, overwrite: bool = False, resume: boo
         return out  # empty, or only files of the user's own
     owner, status = (marker or {}).get("program"), (marker or {}).get("status")
     if owner == program and status == "running":
-        if resume:
-            return out
+        if resume or not (out / "checkpoints").is_dir():
+            return out  # resumed, or a run that stopped before writing anything to resume from
         raise OutputDirError(
             f"{out} holds an interrupted {program} run. Resume it:\n  {_resume_command()}\nor start over with "
             "--overwrite_output_dir (its checkpoints and logs are removed), or pass another --output_dir.")
@@ -311,6 +312,7 @@ def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(args, accelerator))
         keep_freed_memory()  # no page faults to reallocate each step's activations
+    accelerator.wait_for_everyone()  # every process has checked the folder before one writes into it
     if accelerator.is_main_process:
         take_output_dir(out, program, overwrite=args.overwrite_output_dir)
         if not resume:
@@ -318,7 +320,7 @@ def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int
         if save_args:
             write_json_atomic(out / "training_args.json", vars(args))
         if accelerator.log_with:
-            accelerator.init_trackers(f"hf_mae_{program}",
+            accelerator.init_trackers("hf_mae_" + re.sub(r"\W+", "_", program).lower(),
                                       config={k: v for k, v in vars(args).items()
                                               if isinstance(v, (int, float, str, bool))})
     accelerator.wait_for_everyone()
@@ -341,6 +343,22 @@ def finish_run(accelerator, out_dir: Path, results: dict) -> None:
     accelerator.end_training()
 
 
+def run_cli(main, args) -> dict:
+    """`main(args)` for a command line: a known failure (bad value or data, a refused folder, a damaged
+    checkpoint, a non-finite run) ends with its message and exit status 1 instead of a traceback
+    (HF_MAE_TRACEBACK=1 keeps the traceback)."""
+    from .data import DatasetLoadError
+    from .loop import NonFiniteLossError
+
+    try:
+        return main(args)
+    except (ValueError, CheckpointError, DatasetLoadError, NonFiniteLossError) as error:
+        if os.environ.get("HF_MAE_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def save_model_into(folder: Path, model, processor) -> None:
     """`save_pretrained` model + processor into `folder` without touching its other files: staged beside, then
     one rename per file (each file is either complete-new or complete-old)."""
@@ -353,5 +371,5 @@ def save_model_into(folder: Path, model, processor) -> None:
 
 __all__ = ["OutputDirError", "RunLog", "add_push_arguments", "add_run_arguments", "apply_defaults",
            "check_output_dir", "check_push_arguments", "checkpointing_steps", "claim_output_dir",
-           "cpu_threads_per_process", "finish_run", "is_embedded", "mark_finished", "print_banner",
+           "cpu_threads_per_process", "finish_run", "run_cli", "is_embedded", "mark_finished", "print_banner",
            "save_model_into", "start_run", "take_output_dir", "trackers_from"]

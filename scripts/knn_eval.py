@@ -1,7 +1,7 @@
 """Weighted kNN (cosine, k=20, T=0.07) of frozen features: `python scripts/knn_eval.py --model outputs/pretrain`
-(see --help and hf_mae/probing.py)."""
+(see --help and hf_mae/knn_eval.py)."""
 
-from hf_mae.probing import knn_main, parse_knn_args
+from hf_mae.knn_eval import cli
 
 if __name__ == "__main__":
-    knn_main(parse_knn_args())
+    cli()

@@ -28,7 +28,6 @@ from hf_mae.data import (
     load_embedded_default,
     load_image_datasets,
     make_transform_fn,
-    shard_for_process,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -219,16 +218,11 @@ def test_streaming_parquet_shards_are_disjoint(tmp_path, num_files):
         files.append(str(tmp_path / f"s{f}.parquet"))
     train, _, info = load_image_datasets(data_files={"train": files}, streaming=True, cache_dir=str(tmp_path))
     assert isinstance(train, datasets.IterableDataset) and info.streaming
-    seen = [set(labels_of(shard_for_process(train, rank, 2))) for rank in range(2)]
+    from datasets.distributed import split_dataset_by_node  # how each process reads its part of a stream
+
+    seen = [set(labels_of(split_dataset_by_node(train, rank=rank, world_size=2))) for rank in range(2)]
     assert seen[0] and seen[1] and not (seen[0] & seen[1])
     assert seen[0] | seen[1] == set(range(6))
-
-
-def test_shard_for_process_map_style():
-    ds = datasets.Dataset.from_dict({"label": list(range(10))})
-    parts = [list(shard_for_process(ds, r, 3)["label"]) for r in range(3)]
-    assert sum(parts, []) == list(range(10))  # contiguous and complete
-    assert shard_for_process(ds, 0, 1) is ds
 
 
 def test_dataset_name_local_folder(tmp_path):

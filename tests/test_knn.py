@@ -9,8 +9,9 @@ import torch
 from conftest import save_tiny_checkpoint, write_two_class_folders
 
 from hf_mae import MAEModel
-from hf_mae.knn import knn_accuracy, knn_predict
-from hf_mae.probing import ACCURACY_TOPK_PATH, knn_main, parse_knn_args, topk_accuracy
+from hf_mae.evaluation import ACCURACY_TOPK_PATH, knn_accuracy, knn_predict, topk_accuracy
+from hf_mae.knn_eval import main as knn_main
+from hf_mae.knn_eval import parse_args as parse_knn_args
 
 
 def test_knn_on_clusters():

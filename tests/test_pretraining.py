@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
 from hf_mae.pretraining import main, parse_args
+from hf_mae.runner import OutputDirError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def test_imagefolder_run_writes_every_output(data_root, tmp_path):
     encoder = AutoModel.from_pretrained(out / "encoder")
     assert type(full).__name__ == "MAEForPreTraining" and type(encoder).__name__ == "MAEModel"
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, full.encoder.blocks[0].attn.qkv.weight)
-    with pytest.raises(SystemExit, match="finished run"):  # never overwrite a finished run silently
+    with pytest.raises(OutputDirError, match="finished pretraining run"):  # never overwrite a finished run silently
         run(data_root, out, "--train_dir", str(data_root / "folder" / "train"))
 
 
@@ -111,9 +112,10 @@ def test_mid_epoch_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
             "--checkpointing_steps", "3", "--checkpoints_total_limit", "2"]
     run(data_root, tmp_path / "full", *data)
     names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
-    assert names == ["checkpoint-3", "checkpoint-6"]  # checkpoint-... older ones rotated away
+    assert names == ["checkpoint-6", "checkpoint-8"]  # every 3 steps and each epoch's end; older ones rotated away
     state = json.loads((tmp_path / "full" / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
-    assert state == {"update_step": 6, "epoch": 1, "batches_in_epoch": 2, "nonfinite_steps": 0}
+    assert {k: state[k] for k in ("update_step", "epoch", "batches_in_epoch", "nonfinite_steps")} == {
+        "update_step": 6, "epoch": 1, "batches_in_epoch": 2, "nonfinite_steps": 0}
     run(data_root, tmp_path / "resumed", *data, "--num_workers", "2", "--resume_from_checkpoint",
         str(tmp_path / "full" / "checkpoints" / "checkpoint-6"))  # other workers than the full run: same draws
 
@@ -228,7 +230,7 @@ def test_schedule_is_set_per_optimizer_step_under_accumulation(data_root, tmp_pa
 
 
 def test_missing_tracker_is_a_clear_warning(capsys):
-    from hf_mae.pretraining import trackers_from
+    from hf_mae.runner import trackers_from
 
     assert trackers_from("none") is None and trackers_from("all") == "all"
     assert trackers_from("surely_not_a_tracker_pkg") is None

@@ -3,7 +3,7 @@
 Loaded by path, so it works offline (`evaluate.load("accuracy")` needs the Hub)::
 
     import evaluate
-    from hf_mae.probing import ACCURACY_TOPK_PATH
+    from hf_mae.evaluation import ACCURACY_TOPK_PATH
     metric = evaluate.load(ACCURACY_TOPK_PATH)
     metric.add_batch(predictions=logits, references=labels)   # logits (B, num_classes), labels (B,)
     metric.compute()                                          # {"top1": 93.5, "top5": 99.8}

@@ -11,7 +11,9 @@ from conftest import TINY, save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
-from hf_mae.probing import ProbeHead, fold_batchnorm, load_classifier, main, parse_args, probe_logits
+from hf_mae.convert import fold_batchnorm
+from hf_mae.evaluation import load_classifier
+from hf_mae.linear_probe import ProbeHead, main, parse_args, probe_logits
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +39,14 @@ def probe(root: Path, out: Path, *extra: str) -> dict:
 def eval_batch(root: Path, processor) -> dict:
     """All held-out images through the eval transform, in the order the probe saw them."""
     from hf_mae.data import load_image_datasets
-    from hf_mae.features import eval_dataloader
+    from hf_mae.evaluation import eval_dataloader
 
     _, eval_data, _ = load_image_datasets(train_dir=str(root / "train"), eval_dir=str(root / "val"))
     return next(iter(eval_dataloader(eval_data, processor, batch_size=len(eval_data))))
 
 
 def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, monkeypatch):
-    import hf_mae.probing as probing
+    import hf_mae.linear_probe as probing
 
     optimizers = []
 
@@ -75,7 +77,8 @@ def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, mo
     assert model.fc_norm.num_batches_tracked.item() == 180 and not torch.allclose(
         model.fc_norm.running_var, torch.ones(32))
     cache = torch.load(out / "features.pt", weights_only=False)
-    eval_features, eval_labels = cache["eval"]
+    eval_features, eval_labels, skipped = cache["eval"]
+    assert skipped == 0
     cached_logits = probe_logits(ProbeHead(model.fc_norm, model.head), eval_features)
     batch = eval_batch(root, MAEImageProcessor.from_pretrained(out))
     with torch.no_grad():
@@ -122,7 +125,8 @@ def test_augment_mode_uses_accumulation_and_the_schedule(root, tmp_path):
     # 48 images / 8 = 6 micro-batches per epoch -> 3 optimizer steps per epoch
     assert results["mode"] == "augment" and results["optimizer_steps"] == 6 and results["effective_batch_size"] == 16
     log = [json.loads(line) for line in (tmp_path / "aug" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log if "loss" in r] == [1, 2] and "eval_top1" in log[-1]
+    epochs = [r for r in log if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and "eval_top1" in epochs[-1]
     assert (tmp_path / "aug" / "model.safetensors").exists()
 
 

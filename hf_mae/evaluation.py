@@ -1,0 +1,388 @@
+"""What the evaluation programs share: checkpoint -> classifier, labelled splits, frozen features, kNN, top-k.
+
+Used by the linear probe, the kNN program, fine-tuning and the pretraining monitor. Held-out batches keep a
+slot for every example (an undecodable image is a zero image marked invalid), so batches have the same shape
+on every process, `gather_for_metrics` lines them up, and the invalid slots are dropped after gathering;
+a split with no decodable image is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .configuration_mae import MAEConfig
+from .data import EvalTransform, apply_transform, make_transform_fn
+from .data_args import dataloader_workers, load_datasets_from_args
+from .image_processing_mae import MAEImageProcessor
+from .modeling_mae import MAEForImageClassification
+
+ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
+DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default
+MAE_ARCHITECTURES = ("MAEModel", "MAEForPreTraining", "MAEForImageClassification")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Flags and data
+# --------------------------------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, pooling_default: str,
+                        raw_pixels: bool = True) -> argparse._ArgumentGroup:
+    """--model, --pooling, --random_init (and --raw_pixels): what the evaluation programs evaluate."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", "--model_name_or_path", default=DEFAULT_MODEL,
+                       help="hf_mae checkpoint: a local folder or Hub id holding an encoder (MAEModel), a full "
+                            "pretraining model (MAEForPreTraining) or a classifier (default: outputs/pretrain)")
+    model.add_argument("--pooling", choices=["cls", "mean"], default=pooling_default,
+                       help=f"features: CLS token or mean of the patch tokens (default {pooling_default})")
+    model.add_argument("--random_init", action="store_true",
+                       help="baseline: the same architecture with random weights (from the checkpoint's config)")
+    if raw_pixels:
+        model.add_argument("--raw_pixels", action="store_true",
+                           help="baseline: flattened, normalised pixels as features (the model only sets "
+                                "the preprocessing)")
+    return model
+
+
+def dataset_name(args):
+    """The data the run used, as the user named it (for results.json and cards)."""
+    return args.dataset_name or args.train_dir or (args.data_files[0] if args.data_files and
+                                                   len(args.data_files) == 1 else args.data_files)
+
+
+def labelled_splits(train_data, eval_data, info, args):
+    """Check that both splits carry labels; returns (num_labels, id2label, label2id). Clear errors else."""
+    if eval_data is None:
+        raise ValueError(f"{info.source} has no held-out split {args.eval_split!r}: evaluation needs one. "
+                         f"Pass --eval_split NAME (or --eval_dir for an imagefolder).")
+    for name, split in (("training", train_data), ("held-out", eval_data)):
+        if "label" not in list(split.column_names or []):
+            hint = (f"the label column {args.label_column!r} is missing" if args.label_column
+                    else "no label column was found (looked for label, labels, cls, class, target)")
+            raise ValueError(f"The {name} split of {info.source} has no labels: {hint}. Classification needs "
+                             f"labelled data: pass --label_column NAME, or a labelled dataset.")
+    if not info.num_labels:
+        raise ValueError(f"Could not tell the number of classes of {info.source} (no ClassLabel feature and no "
+                         f"readable integer labels).")
+    names = info.label_names or [str(i) for i in range(info.num_labels)]
+    id2label = {i: str(name) for i, name in enumerate(names)}
+    return info.num_labels, id2label, {name: i for i, name in id2label.items()}
+
+
+def limit_samples(dataset, max_samples: int | None, seed: int):
+    """A random subset of `max_samples` examples (all when None): random, so sorted folders keep every class."""
+    if not max_samples:
+        return dataset
+    if hasattr(dataset, "select"):
+        return dataset if len(dataset) <= max_samples else dataset.shuffle(seed=seed).select(range(max_samples))
+    return dataset.shuffle(seed=seed, buffer_size=10_000).take(max_samples)
+
+
+def prepare_data(args):
+    """(train, eval, info, num_labels, id2label, label2id) from the data flags, checked and limited."""
+    train_data, eval_data, info = load_datasets_from_args(args)
+    num_labels, id2label, label2id = labelled_splits(train_data, eval_data, info, args)
+    train_data = limit_samples(train_data, args.max_train_samples, args.seed)
+    eval_data = limit_samples(eval_data, args.max_eval_samples, args.seed)
+    return train_data, eval_data, info, num_labels, id2label, label2id
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoint -> classifier
+# --------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-key load report (the programs print their own one-line summary)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def read_mae_config(name_or_path: str) -> MAEConfig:
+    """The checkpoint's config, with clear errors when it is missing or not an hf_mae MAE."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as e:
+        where = "local folder" if os.path.isdir(name_or_path) else "local folder nor a reachable Hub repo"
+        if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
+            detail = "it has no config.json (expected a save_pretrained folder)"
+        elif os.path.isdir(name_or_path):
+            detail = f"{type(e).__name__}: {e}"
+        else:
+            detail = f"it is neither a {where} ({type(e).__name__}: {str(e).splitlines()[0]})"
+            if name_or_path == DEFAULT_MODEL:
+                detail += "; pretrain first (accelerate launch scripts/pretrain.py) or pass --model"
+        raise ValueError(f"Cannot load an MAE checkpoint from {name_or_path!r}: {detail}. Give an hf_mae "
+                         f"encoder or pretraining folder (e.g. outputs/pretrain) or Hub id.") from e
+    if not isinstance(config, MAEConfig):
+        raise ValueError(
+            f"{name_or_path!r} is a {getattr(config, 'model_type', type(config).__name__)!r} checkpoint, not an "
+            f"hf_mae MAE encoder. Convert it first (official, timm, transformers ViTMAE / ViT): python "
+            f"scripts/convert_checkpoint.py {name_or_path} converted_folder")
+    architecture = (config.architectures or ["MAEModel"])[0]
+    if architecture not in MAE_ARCHITECTURES:
+        raise ValueError(f"{name_or_path!r} holds a {architecture}, not an MAE encoder (expected one of "
+                         f"{', '.join(MAE_ARCHITECTURES)})")
+    return config
+
+
+@torch.no_grad()
+def init_head(head: nn.Linear, std: float) -> nn.Linear:
+    """The official classifier-head init: truncated normal weights (std 0.01 probe, 2e-5 fine-tune), zero bias.
+    (Explicit rather than the model's `_init_weights`, which skips tensors a checkpoint load marked done.)"""
+    nn.init.trunc_normal_(head.weight, std=std)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+@torch.no_grad()
+def reset_classifier_head(model: MAEForImageClassification) -> None:
+    """Fresh `fc_norm` and `head` with the official inits."""
+    norm = model.fc_norm
+    if isinstance(norm, nn.BatchNorm1d):
+        norm.reset_running_stats()
+    else:
+        nn.init.ones_(norm.weight)
+        nn.init.zeros_(norm.bias)
+    init_head(model.head, model.head.init_std)
+
+
+def load_classifier(name_or_path: str, *, classifier_head: str, num_labels: int, id2label: dict | None = None,
+                    label2id: dict | None = None, pooling: str = "cls", random_init: bool = False,
+                    reinit_head: bool = False, **config_overrides):
+    """An `MAEForImageClassification` built on an hf_mae checkpoint, its image processor and a note.
+
+    `name_or_path` may hold an encoder (`MAEModel`), a full pretraining model (`MAEForPreTraining`: the
+    decoder is dropped) or a classifier (`MAEForImageClassification`). A classifier of the same kind
+    (`classifier_head` and `pooling`) keeps its head, so training continues from it (or `--epochs 0`
+    evaluates it), and then its number of classes must match the data's; `reinit_head=True` starts a
+    fresh head instead. `random_init=True` builds the same architecture untrained (the baseline).
+    `config_overrides` (e.g. `drop_path_rate`, `attn_implementation`) go to the config.
+    """
+    config = read_mae_config(name_or_path)
+    architecture = (config.architectures or ["MAEModel"])[0]
+    same_kind = (architecture == "MAEForImageClassification" and config.classifier_head == classifier_head
+                 and config.pooling == pooling)
+    keep_head = same_kind and not reinit_head and not random_init
+    if keep_head and config.num_labels != num_labels:
+        raise ValueError(
+            f"{name_or_path!r} is a {classifier_head} classifier for {config.num_labels} classes, but the data has "
+            f"{num_labels}. Give the encoder or pretraining folder it was trained from, or pass --reinit_head to "
+            f"train a new head on its encoder.")
+    attn = config_overrides.pop("attn_implementation", None)
+    config.update({"classifier_head": classifier_head, "pooling": pooling, **config_overrides})
+    config.num_labels = num_labels
+    if id2label is not None:
+        config.id2label, config.label2id = dict(id2label), dict(label2id or {v: k for k, v in id2label.items()})
+    config.architectures = ["MAEForImageClassification"]
+    if attn:
+        config._attn_implementation = attn
+    if random_init:
+        model = MAEForImageClassification(config)
+        note = f"random init of the {architecture} architecture of {name_or_path}"
+    else:
+        with quiet_transformers():
+            model, info = MAEForImageClassification.from_pretrained(
+                name_or_path, config=config, output_loading_info=True, ignore_mismatched_sizes=not keep_head)
+        missing = sorted(k for k in info["missing_keys"] if k.startswith("encoder."))
+        if missing:
+            raise ValueError(f"{name_or_path!r} is not a complete MAE encoder: {len(missing)} encoder tensors are "
+                             f"missing from its weights (e.g. {', '.join(missing[:3])}).")
+        if not keep_head:
+            reset_classifier_head(model)
+        dropped = len([k for k in info["unexpected_keys"] if not k.startswith(("fc_norm.", "head."))])
+        note = (f"encoder of {architecture} {name_or_path}" + (f" ({dropped} decoder tensors dropped)" if dropped
+                                                                 else "")
+                + ("; head loaded from the checkpoint" if keep_head else "; new head"))
+    try:
+        processor = MAEImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        processor = MAEImageProcessor.for_config(config)
+    return model, processor, note
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frozen features
+# --------------------------------------------------------------------------------------------------------
+
+
+def pool_tokens(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
+    """"cls": the CLS token after the final norm (official linear probe); "mean": mean of patch tokens."""
+    if pooling == "cls":
+        return last_hidden_state[:, 0]
+    if pooling == "mean":
+        return last_hidden_state[:, 1:].mean(dim=1)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+
+
+def collate_slots(batch_list: list[dict | None], shape: tuple[int, ...]) -> dict:
+    """Held-out collate: one row per example, an undecodable image as zeros with `valid` False."""
+    valid = [b is not None and b.get("pixel_values") is not None for b in batch_list]
+    out = {"pixel_values": torch.stack([b["pixel_values"] if ok else torch.zeros(shape)
+                                        for b, ok in zip(batch_list, valid)]),
+           "valid": torch.tensor(valid)}
+    if any(b is not None and "labels" in b for b in batch_list):
+        out["labels"] = torch.as_tensor([int(b["labels"]) if b is not None and "labels" in b else -1
+                                         for b in batch_list], dtype=torch.long)
+    return out
+
+
+def eval_dataloader(dataset, processor, batch_size: int, num_workers: int = 0, strict: bool = False):
+    """A deterministic DataLoader of `dataset` through the processor's eval transform (`collate_slots`)."""
+    transform = EvalTransform(processor)
+    shape = tuple(transform(Image.new("RGB", (32, 32))).shape)  # what every example becomes
+    fn = make_transform_fn(transform, transform.num_channels, strict=strict)
+    loader = DataLoader(apply_transform(dataset, fn), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=functools.partial(collate_slots, shape=shape))
+    loader.transform_fn = fn  # its `num_bad` counts the skipped images
+    return loader
+
+
+class Features(NamedTuple):
+    features: torch.Tensor  # (N, D) of the decodable examples
+    labels: torch.Tensor  # (N,)
+    skipped: int  # undecodable examples left out
+
+
+def valid_rows(accelerator, batch, *values):
+    """`values` (per-example tensors of `batch`) gathered over processes, undecodable examples dropped."""
+    gathered = accelerator.gather_for_metrics((batch["valid"], *values))
+    keep = gathered[0].bool()
+    return int((~keep).sum()), [v[keep] for v in gathered[1:]]
+
+
+@torch.no_grad()
+def extract_features(accelerator, encoder, loader, pooling: str = "cls", desc: str = "features",
+                     raw_pixels: bool = False) -> Features:
+    """Features (N, D), labels (N,) and the skipped count of a prepared `eval_dataloader`, on every process.
+
+    `encoder` is an `MAEModel` (no masking); `raw_pixels=True` returns flattened pixels instead, as the
+    baseline every learned representation must beat. A split with no decodable image is a ValueError.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    features, labels, skipped = [], [], 0
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        pixels = batch["pixel_values"]
+        if raw_pixels:
+            feats = pixels.flatten(1).float()
+        else:
+            with accelerator.autocast():
+                feats = pool_tokens(encoder(pixels).last_hidden_state, pooling).float()
+        bad, (feats, batch_labels) = valid_rows(accelerator, batch, feats, batch["labels"])
+        skipped += bad
+        features.append(feats.cpu())
+        labels.append(batch_labels.cpu())
+    encoder.train(was_training)
+    if not features or sum(len(f) for f in features) == 0:
+        raise ValueError(f"{desc}: no decodable image in this split ({skipped} skipped): nothing to evaluate.")
+    return Features(torch.cat(features), torch.cat(labels), skipped)
+
+
+def extract_split_features(accelerator, encoder, dataset, processor, args, desc: str) -> Features:
+    """`extract_features` of a whole split with the program's flags (batch size, workers, pooling, baseline)."""
+    loader = accelerator.prepare(eval_dataloader(dataset, processor, args.eval_batch_size, dataloader_workers(args),
+                                                 strict=args.strict_images))
+    return extract_features(accelerator, encoder, loader, args.pooling, desc=desc, raw_pixels=args.raw_pixels)
+
+
+# --------------------------------------------------------------------------------------------------------
+# kNN and top-k
+# --------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
+                num_classes: int, k: int = 20, temperature: float = 0.07, chunk_size: int = 1024) -> torch.Tensor:
+    """Class scores (Q, num_classes) for each query from its k most cosine-similar training features.
+
+    Each neighbour votes for its label with weight exp(similarity / temperature) (the weighted kNN of
+    Wu et al. 2018, as used by DINO).
+    """
+    if len(train_features) == 0:
+        raise ValueError("kNN needs at least one training feature")
+    train = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.long().to(train.device)
+    k = min(k, len(train))
+    scores = []
+    for start in range(0, len(query_features), chunk_size):
+        query = F.normalize(query_features[start:start + chunk_size].float().to(train.device), dim=1)
+        similarity, index = (query @ train.T).topk(k, dim=1)  # (q, k)
+        weights = (similarity / temperature).exp()
+        votes = torch.zeros(len(query), num_classes, device=train.device)
+        votes.scatter_add_(1, labels[index], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(train_features, train_labels, query_features, query_labels, num_classes: int, k: int = 20,
+                 temperature: float = 0.07) -> float:
+    """Top-1 accuracy in percent of `knn_predict` on labelled queries."""
+    scores = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature)
+    return 100.0 * (scores.argmax(dim=1).cpu() == query_labels.long().cpu()).float().mean().item()
+
+
+def load_topk_metric():
+    """The shipped top-1/top-5 `evaluate` metric (loaded by path: no Hub access)."""
+    import evaluate
+
+    return evaluate.load(ACCURACY_TOPK_PATH, keep_in_memory=True)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """{"top1", "top5"} in percent, through the shipped `evaluate` metric. Inputs are already gathered."""
+    metric = load_topk_metric()
+    metric.add_batch(predictions=logits.detach().float().cpu().numpy(), references=labels.cpu().numpy())
+    return metric.compute()
+
+
+@torch.no_grad()
+def evaluate_classifier(accelerator, model, loader) -> dict[str, float]:
+    """Top-1 / top-5 (percent, the shipped `evaluate` metric) and mean cross-entropy of a classifier over a
+    prepared `eval_dataloader`, gathered across processes; undecodable examples are left out."""
+    was_training = model.training
+    model.eval()
+    metric = load_topk_metric()
+    loss_sum, count, skipped = 0.0, 0, 0
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        bad, (logits, labels) = valid_rows(accelerator, batch, logits, batch["labels"])
+        skipped += bad
+        if len(labels):
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            count += len(labels)
+            metric.add_batch(predictions=logits.cpu().numpy(), references=labels.cpu().numpy())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError(f"no decodable image in the held-out split ({skipped} skipped): nothing to evaluate.")
+    return {**metric.compute(), "loss": loss_sum / count, "skipped_images": skipped}
+
+
+__all__ = ["ACCURACY_TOPK_PATH", "DEFAULT_MODEL", "Features", "add_model_arguments", "collate_slots",
+           "dataset_name", "eval_dataloader", "evaluate_classifier", "extract_features", "extract_split_features",
+           "init_head", "knn_accuracy", "knn_predict", "labelled_splits", "limit_samples", "load_classifier",
+           "load_topk_metric", "pool_tokens", "prepare_data", "read_mae_config", "reset_classifier_head",
+           "topk_accuracy", "valid_rows"]

@@ -1,0 +1,423 @@
+"""Linear probing of a frozen MAE encoder, with Accelerate.
+
+Linear probe (official `main_linprobe.py`): frozen encoder in eval mode, CLS token after the final norm (or
+the mean of the patch tokens with `--pooling mean`), head = BatchNorm1d without affine (eps 1e-6) + Linear
+(init std 0.01), LARS (momentum 0.9, trust coefficient 0.001), weight decay 0, lr = blr x batch / 256,
+linear warmup then half-cycle cosine set every step, top-1 / top-5 on the held-out split.
+
+Two modes:
+- default, fast: features are extracted once with the eval transform (resize + center crop), kept in
+  memory (and in `<output_dir>/features.pt` with `--cache_features`), and the head is trained on them:
+  seconds on the embedded data, minutes on ImageNet after one pass of feature extraction.
+- `--augment`: the official protocol: RandomResizedCrop + flip drawn every epoch, each batch through the
+  frozen encoder; the large batch (official 16384) through `--gradient_accumulation_steps`.
+
+The probe is saved as an `MAEForImageClassification` (encoder + BatchNorm with the running statistics the
+head was trained with + Linear, `id2label`) with its image processor, loadable with
+`AutoModelForImageClassification.from_pretrained(output_dir)`, beside `results.json` (`top1`, `top5` in
+percent and the settings). Baselines: `--raw_pixels` (the same head on flattened pixels) and
+`--random_init` (the same architecture, untrained).
+
+    accelerate launch scripts/linear_probe.py --model outputs/pretrain              # embedded data, seconds
+    accelerate launch scripts/linear_probe.py --model outputs/pretrain --raw_pixels --output_dir outputs/probe_pixels
+    accelerate launch scripts/linear_probe.py --model outputs/pretrain --random_init --output_dir outputs/probe_random
+    accelerate launch --config_file scripts/configs/multi_gpu.yaml scripts/linear_probe.py \\
+        --model me/mae-vit-b-encoder --dataset_name ILSVRC/imagenet-1k --augment \\
+        --per_device_batch_size 512 --gradient_accumulation_steps 4      # 8 GPUs x 512 x 4 = 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import TrainTransform, make_transform_fn
+from .data_args import add_data_arguments, dataloader_workers
+from .evaluation import (
+    add_model_arguments,
+    dataset_name,
+    extract_split_features,
+    init_head,
+    load_classifier,
+    pool_tokens,
+    prepare_data,
+    read_mae_config,
+    topk_accuracy,
+)
+from .loop import NonFiniteGuard, TrainingLoop, placeholder_batch, plan_schedule
+from .optim import LARS, lr_at_step, scaled_lr, set_lr
+from .runner import (
+    add_push_arguments,
+    add_run_arguments,
+    apply_defaults,
+    check_push_arguments,
+    finish_run,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_banner,
+    run_cli,
+    save_model_into,
+    scale_fraction,
+    start_run,
+)
+from .train_loader import train_dataloader
+
+# Flags left unset take these values: sized for the embedded default data, or the official linear-probe recipe
+# for any other dataset. On 4,000 digits LARS needs a far larger base lr than on ImageNet (BENCHMARKS.md).
+EMBEDDED_DEFAULTS = {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256}
+PAPER_DEFAULTS = {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512}
+
+
+class ProbeHead(nn.Module):
+    """BatchNorm (no affine) + Linear on frozen features; holds the classifier's own modules (shared)."""
+
+    def __init__(self, fc_norm: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.fc_norm, self.head = fc_norm, head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_norm(features))
+
+
+def new_probe_head(dim: int, num_labels: int) -> ProbeHead:
+    """A stand-alone official probe head (raw-pixel baseline): BatchNorm1d(affine=False, eps=1e-6) + Linear."""
+    return ProbeHead(nn.BatchNorm1d(dim, affine=False, eps=1e-6), init_head(nn.Linear(dim, num_labels), 0.01))
+
+
+@contextlib.contextmanager
+def _cpu_threads_for(device: torch.device, work: float):
+    """One CPU thread for tiny head problems: thread hand-offs cost more than the math (8x slower with 2
+    threads on a shared 2-core machine, measured at 256 x 784 -> 10)."""
+    previous = torch.get_num_threads()
+    if device.type == "cpu" and work < 5e7:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _head_lr_schedule(epochs: int, steps_per_epoch: int, warmup_epochs: float):
+    total = epochs * steps_per_epoch
+    return total, min(total, round(warmup_epochs * steps_per_epoch))
+
+
+def train_probe_head(probe: ProbeHead, features: torch.Tensor, labels: torch.Tensor, *, epochs: int,
+                     batch_size: int, lr: float, warmup_epochs: float = 10, min_lr: float = 0.0,
+                     weight_decay: float = 0.0, seed: int = 0, eval_features: torch.Tensor | None = None,
+                     eval_labels: torch.Tensor | None = None, eval_every: int = 0, log=None,
+                     disable_progress: bool = False, max_nonfinite_steps: int = 5) -> list[dict]:
+    """Train `probe` on cached features with LARS and a per-step warmup + cosine schedule; in place.
+
+    Batches are reshuffled every epoch with a generator seeded by `seed` (identical on every process);
+    the last incomplete batch is dropped (as the official loader), unless there is only one. Returns one
+    record per epoch (mean loss, lr, and held-out top-1 every `eval_every` epochs and at the end). A step
+    with a non-finite loss is skipped and counted (`NonFiniteGuard`, as in the training loop).
+    """
+    if not len(features):
+        raise ValueError("the probe has no training features (no decodable training image)")
+    device = next(probe.parameters()).device
+    features, labels = features.to(device), labels.to(device)
+    count = len(features)
+    batch = min(batch_size, count)
+    steps_per_epoch = count // batch
+    total, warmup = _head_lr_schedule(epochs, steps_per_epoch, warmup_epochs)
+    optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    records, step, nonfinite = [], 0, NonFiniteGuard(max_nonfinite_steps)
+    with _cpu_threads_for(device, batch * features.shape[1] * probe.head.out_features):
+        for epoch in tqdm(range(epochs), desc="probe head", disable=disable_progress, leave=False):
+            probe.train()
+            order = torch.randperm(count, generator=generator).to(device)
+            loss_sum, finite_steps = torch.zeros((), device=device), 0
+            for i in range(steps_per_epoch):
+                index = order[i * batch:(i + 1) * batch]
+                set_lr(optimizer, lr_at_step(step, total, warmup, lr, min_lr))
+                loss = F.cross_entropy(probe(features[index]), labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))  # a tiny head on cached features: the sync costs nothing
+                nonfinite.record(not finite)
+                if finite:
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach()
+                    finite_steps += 1
+                elif nonfinite.tripped:
+                    raise nonfinite.error("The cached-features probe writes no checkpoint")
+                step += 1
+            record = {"epoch": epoch + 1, "step": step, "loss": (loss_sum / finite_steps).item() if finite_steps
+                      else None, "lr": optimizer.param_groups[0]["lr"], "nonfinite_steps": nonfinite.total}
+            if eval_features is not None and eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                record["eval_top1"] = evaluate_probe(probe, eval_features, eval_labels)["top1"]
+            records.append(record)
+            if log is not None:
+                log(record)
+    probe.eval()
+    return records
+
+
+@torch.no_grad()
+def probe_logits(probe: ProbeHead, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits of `probe` in eval mode (BatchNorm with its running statistics) on cached features, on CPU."""
+    modes = [(module, module.training) for module in probe.modules()]  # the modules may be shared: restore each
+    probe.eval()
+    device = next(probe.parameters()).device
+    logits = torch.cat([probe(features[i:i + batch_size].to(device)).float().cpu()
+                        for i in range(0, len(features), batch_size)])
+    for module, mode in modes:
+        module.training = mode
+    return logits
+
+
+def evaluate_probe(probe: ProbeHead, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return topk_accuracy(probe_logits(probe, features), labels)
+
+
+def _weights_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _feature_cache_key(args, model, processor, info, num_train: int, num_eval: int) -> dict:
+    return {"weights": _weights_digest(model.encoder), "pooling": args.pooling, "raw_pixels": args.raw_pixels,
+            "processor": processor.to_dict(), "data": info.source, "num_train": num_train, "num_eval": num_eval,
+            "max_train_samples": args.max_train_samples, "max_eval_samples": args.max_eval_samples,
+            "seed": args.seed, "train_split": args.train_split, "eval_split": args.eval_split}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(parser)
+    model = add_model_arguments(parser, "cls")
+    model.add_argument(
+        "--reinit_head", action="store_true",
+        help="when --model is a saved linear probe: start a new head instead of continuing from its head")
+    recipe = parser.add_argument_group("recipe (official linear probe: LARS, blr 0.1, batch 16384, 90 epochs, "
+                                       "10 warmup, wd 0)")
+    recipe.add_argument("--augment", action="store_true",
+                        help="official protocol: RandomResizedCrop + flip every epoch through the frozen encoder "
+                             "(default: features extracted once with the eval transform and cached)")
+    recipe.add_argument("--epochs", "--num_train_epochs", type=nonnegative_int, default=None,
+                        help="head training epochs (default 90; 0 evaluates a saved probe given as --model)")
+    recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
+                        help="images per device per step (embedded default 256, else 512)")
+    recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+                        help="effective batch = per_device_batch_size x processes x this (official 16384); in the "
+                             "fast mode the head takes one step on an effective batch of cached features")
+    recipe.add_argument("--blr", "--base_learning_rate", type=positive_float, default=None,
+                        help="base lr: lr = blr x effective_batch / 256 (official 0.1; embedded default 10: "
+                             "4,000 images give LARS ~300x less lr x steps than ImageNet's 1.28M)")
+    recipe.add_argument("--lr", "--learning_rate", type=positive_float, default=None,
+                        help="absolute lr (overrides --blr)")
+    recipe.add_argument("--min_lr", type=nonnegative_float, default=0.0, help="cosine floor")
+    recipe.add_argument("--warmup_epochs", type=nonnegative_float, default=None,
+                        help="linear warmup epochs (default 10)")
+    recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.0, help="LARS weight decay (official 0)")
+    recipe.add_argument("--crop_min_scale", type=scale_fraction, default=0.08,
+                        help="--augment: RandomResizedCrop scale lower bound (official 0.08)")
+    recipe.add_argument("--no_hflip", action="store_true", help="--augment: no horizontal flip")
+    run = add_run_arguments(parser, output_dir="outputs/probe", mixed_precision="no")
+    run.add_argument("--max_train_samples", type=positive_int, default=None,
+                     help="random subset of the training split")
+    run.add_argument("--max_eval_samples", type=positive_int, default=None, help="random subset of the held-out split")
+    run.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
+                     help="images per device for feature extraction")
+    run.add_argument("--cache_features", action="store_true",
+                     help="also keep the extracted features in <output_dir>/features.pt and reuse them when "
+                          "the encoder, data and preprocessing match")
+    run.add_argument("--eval_every", type=nonnegative_int, default=10,
+                     help="log held-out top-1 every N epochs (0: end only)")
+    add_push_arguments(run, "the probe (model + card)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    check_push_arguments(args)
+    if args.push_to_hub and args.raw_pixels:
+        raise SystemExit("--raw_pixels saves no model: nothing to push")
+    if args.raw_pixels and args.random_init:
+        raise SystemExit("--raw_pixels and --random_init are two different baselines: give one")
+    if args.augment and args.streaming:
+        raise SystemExit("--augment needs epochs over a map-style dataset: drop --streaming")
+    return apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
+
+
+def load_or_extract_features(accelerator, args, model, processor, info, train_data, eval_data, out_dir: Path):
+    """(train features or None with --augment, held-out features): extracted once with the eval transform,
+    or read from `<output_dir>/features.pt` when --cache_features finds a cache of the same inputs."""
+    cache_path, key = out_dir / "features.pt", None
+    if args.cache_features and not args.augment:
+        key = _feature_cache_key(args, model, processor, info, len(train_data) if hasattr(train_data, "__len__")
+                                 else -1, len(eval_data) if hasattr(eval_data, "__len__") else -1)
+        if cache_path.exists():
+            stored = torch.load(cache_path, weights_only=False)
+            if stored.get("key") == key:
+                accelerator.print(f"features loaded from {cache_path}")
+                return stored["train"], stored["eval"]
+    encoder = model.encoder
+    held_out = extract_split_features(accelerator, encoder, eval_data, processor, args, "held-out features")
+    train = None
+    if not args.augment:
+        train = extract_split_features(accelerator, encoder, train_data, processor, args, "training features")
+        if args.cache_features and accelerator.is_main_process:
+            torch.save({"key": key, "train": train, "eval": held_out}, cache_path)
+    return train, held_out
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run the linear probe; returns the results dict (also in `<output_dir>/results.json`)."""
+    wall_start = time.time()
+    accelerator, run_log, out_dir = start_run(args, "linear probe", inputs=(args.model,),
+                                              gradient_accumulation_steps=args.gradient_accumulation_steps)
+    read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
+    train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
+    model, processor, note = load_classifier(
+        args.model, classifier_head="linear_probe", num_labels=num_labels, id2label=id2label, label2id=label2id,
+        pooling=args.pooling, random_init=args.random_init, reinit_head=args.reinit_head)
+    model.to(accelerator.device).eval()
+    config = model.config
+    if args.raw_pixels:
+        height, width = config.image_hw
+        probe = new_probe_head(config.num_channels * height * width, num_labels).to(accelerator.device)
+    else:
+        probe = ProbeHead(model.fc_norm, model.head)
+
+    effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
+    print_banner(accelerator, run_log, "linear probe", {
+        "mode": "augment" if args.augment else "cached features", "features": "raw pixels" if args.raw_pixels
+        else note, "pooling": None if args.raw_pixels else args.pooling, "dataset": info.source,
+        "num_train": info.num_train if not args.max_train_samples else len(train_data),
+        "num_eval": len(eval_data) if hasattr(eval_data, "__len__") else info.num_eval,
+        "num_labels": num_labels, "processes": accelerator.num_processes, "effective_batch_size": effective_batch,
+        "blr": args.blr, "lr": lr, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
+        "device": str(accelerator.device)})
+
+    timings, start = {}, time.perf_counter()
+    train, held_out = load_or_extract_features(accelerator, args, model, processor, info, train_data, eval_data,
+                                               out_dir)
+    timings["features_s"] = round(time.perf_counter() - start, 2)
+
+    def log_epoch(record):
+        run_log.write(record, step=record["step"])
+        if "eval_top1" in record:
+            loss = "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"
+            accelerator.print(f"epoch {record['epoch']}: loss {loss}, held-out top-1 "
+                              f"{record['eval_top1']:.2f}%")
+
+    start = time.perf_counter()
+    if not args.augment:
+        history = train_probe_head(
+            probe, train.features, train.labels, epochs=args.epochs, batch_size=effective_batch, lr=lr,
+            warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, weight_decay=args.weight_decay, seed=args.seed,
+            eval_features=held_out.features, eval_labels=held_out.labels, eval_every=args.eval_every,
+            log=log_epoch, disable_progress=not accelerator.is_local_main_process,
+            max_nonfinite_steps=args.max_nonfinite_steps)
+        skipped_train = train.skipped
+    else:
+        history, skipped_train = train_probe_augmented(accelerator, args, model, probe, processor, train_data, lr,
+                                                       held_out, log_epoch, run_log, out_dir)
+    timings["train_s"] = round(time.perf_counter() - start, 2)
+
+    metrics = evaluate_probe(probe, held_out.features, held_out.labels)
+    results = {
+        "top1": metrics["top1"], "top5": metrics["top5"],
+        "train_top1": evaluate_probe(probe, train.features, train.labels)["top1"] if train is not None else None,
+        "model": args.model, "features": "raw_pixels" if args.raw_pixels else
+        ("random_init" if args.random_init else "pretrained"), "pooling": None if args.raw_pixels else args.pooling,
+        "mode": "augment" if args.augment else "cached_features", "feature_dim": int(held_out.features.shape[1]),
+        "num_labels": num_labels, "num_train": int(len(train.features)) if train is not None else len(train_data),
+        "num_eval": int(len(held_out.features)), "skipped_images": {"train": skipped_train, "eval": held_out.skipped},
+        "dataset": dataset_name(args), "data_source": info.source, "eval_split": args.eval_split,
+        "epochs": args.epochs, "effective_batch_size": effective_batch, "blr": args.blr, "lr": lr,
+        "warmup_epochs": args.warmup_epochs, "weight_decay": args.weight_decay, "optimizer": "LARS",
+        "optimizer_steps": history[-1]["step"] if history else 0, "seed": args.seed,
+        **timings, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
+    }
+    if accelerator.is_main_process and not args.raw_pixels:
+        save_model_into(out_dir, model, processor)
+    finish_run(accelerator, out_dir, results)
+    if accelerator.is_main_process:
+        what = "raw pixels" if args.raw_pixels else f"{results['features']} {args.pooling} features"
+        accelerator.print(f"linear probe on {what}: held-out top-1 {results['top1']:.2f}%, top-5 "
+                          f"{results['top5']:.2f}% ({results['num_eval']} images); features "
+                          f"{timings['features_s']:.1f} s, head {timings['train_s']:.1f} s\n  results: "
+                          f"{out_dir / 'results.json'}" + ("" if args.raw_pixels else
+                                                           f"\n  probe (AutoModelForImageClassification): {out_dir}"))
+        if args.push_to_hub:
+            from .hub import push_probe
+
+            source = Path(args.model)
+            checkpoint = source if (source / "training_args.json").is_file() else None
+            push_probe(out_dir, args.hub_model_id, checkpoint=checkpoint, private=args.hub_private)
+    return results
+
+
+def train_probe_augmented(accelerator, args, model, probe, processor, train_data, lr, held_out, log, run_log,
+                          out_dir: Path) -> tuple[list[dict], int]:
+    """Official protocol: fresh RandomResizedCrop + flip every epoch through the frozen encoder; LARS on the
+    head with the accumulated (effective) batch, through the shared training loop (checkpoints, resume, bad
+    batches, non-finite steps). Returns (one record per epoch, undecodable training images)."""
+    config = model.config
+    transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
+                               mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels)
+    train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed)
+    optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=args.weight_decay)
+    probe, optimizer, loader = accelerator.prepare(probe, optimizer, loader)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
+                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
+    schedule = plan_schedule(len(loader), args.gradient_accumulation_steps, epochs=args.epochs,
+                             warmup_epochs=args.warmup_epochs)
+    loop = TrainingLoop(accelerator, probe, optimizer, loader, schedule, lr=lr, min_lr=args.min_lr, args=args,
+                        checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
+                        desc="probe (augment)", placeholder=lambda: placeholder_batch(config, accelerator.device, True),
+                        bad_images=lambda: train_fn.num_bad, pretrained=None if args.raw_pixels else model)
+    records = loop.resume(args.resume_from_checkpoint).get("history", [])
+    encoder = model.encoder.eval()
+    unwrapped = accelerator.unwrap_model(probe)
+
+    def step(batch, epoch, batch_index):
+        pixels = batch["pixel_values"]
+        if args.raw_pixels:
+            features = pixels.flatten(1).float()
+        else:
+            with torch.no_grad(), accelerator.autocast():
+                features = pool_tokens(encoder(pixels).last_hidden_state, args.pooling).float()
+        return F.cross_entropy(probe(features), batch["labels"])
+
+    def epoch_end(epoch_done, mean_loss, done):
+        record = {"event": "epoch", "epoch": epoch_done, "step": loop.update_step, "loss": mean_loss,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if args.eval_every and (epoch_done % args.eval_every == 0 or epoch_done == args.epochs):
+            record["eval_top1"] = evaluate_probe(unwrapped, held_out.features, held_out.labels)["top1"]
+            probe.train()
+        records.append(record)
+        log(record)
+
+    summary = loop.run(step, on_epoch_end=epoch_end, extra_state=lambda: {"history": records})
+    unwrapped.eval()
+    return records, summary["skipped_images"]
+
+
+def cli(argv=None) -> dict:
+    return run_cli(main, parse_args(argv))
+
+
+__all__ = ["EMBEDDED_DEFAULTS", "PAPER_DEFAULTS", "ProbeHead", "build_parser", "cli", "evaluate_probe", "main",
+           "new_probe_head", "parse_args", "probe_logits", "train_probe_head"]

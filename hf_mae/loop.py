@@ -1,0 +1,278 @@
+"""The one training-loop core: pretraining, fine-tuning and the augmented linear probe run their epochs here.
+
+A program gives a `step(batch, epoch, batch_index) -> loss` and, optionally, an `on_epoch_end`; the loop does
+the rest, the same way for every program:
+- **bad batches**: a batch whose images all failed to decode is replaced by a small zero-weight placeholder
+  (under DDP every process must take part in each backward) and counted; an optimizer step whose micro-batches
+  were all placeholders is skipped. An epoch with no decodable image at all is an error naming the data.
+- **non-finite losses**: the optimizer step is skipped and counted, logged (`"loss": null` when no finite
+  loss is left in a logging window, never 0.0), and after `max_nonfinite_steps` in a row the run stops with
+  `NonFiniteLossError` naming the newest intact checkpoint. One host sync per optimizer step decides it.
+- **checkpoints**: at the end of every epoch and every `checkpointing_steps` optimizer steps, written only from
+  finite weights (`checkpointing.save_checkpoint`); `resume` continues exactly where one was written.
+- **the schedule**: the learning rate set every optimizer step (warmup then cosine, `optim.lr_at_step`);
+  `plan_schedule` warns when the warmup is as long as the run.
+- **logging**: mean loss, lr, images/s, data-wait fraction, skipped batches/images every `logging_steps`; a
+  progress bar on the local main process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpointing import CheckpointError, newest_intact_checkpoint, resume_from, save_checkpoint
+from .optim import lr_at_step, set_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss; the message names the newest intact checkpoint."""
+
+
+class NoDecodableImagesError(ValueError):
+    """A whole epoch of the training data held no decodable image."""
+
+
+class WarmupWarning(UserWarning):
+    """The warmup is as long as the run or longer: the learning rate never reaches its peak."""
+
+
+class NonFiniteGuard:
+    """The non-finite policy's counter: steps with a non-finite loss are skipped and counted; `tripped` after
+    `limit` of them in a row."""
+
+    def __init__(self, limit: int, total: int = 0):
+        self.limit, self.total, self.in_a_row = limit, total, 0
+
+    def record(self, nonfinite: bool) -> None:
+        self.total += int(nonfinite)
+        self.in_a_row = self.in_a_row + 1 if nonfinite else 0
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.limit
+
+    def error(self, checkpoint_note: str) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"{self.in_a_row} optimizer steps in a row had a non-finite loss (each skipped); stopping. "
+            f"{checkpoint_note}. Try a lower learning rate (--blr / --learning_rate), --max_grad_norm 1.0 or "
+            "--mixed_precision no.")
+
+
+@dataclass
+class Schedule:
+    """How many optimizer steps a run takes, in how many epochs, and how many of them warm up."""
+
+    batches_per_epoch: int
+    updates_per_epoch: int
+    total_updates: int
+    epochs: int
+    warmup_updates: int
+
+
+def plan_schedule(batches_per_epoch: int, accumulation: int, *, epochs: int | None = None,
+                  max_train_steps: int | None = None, warmup_epochs: float | None = None,
+                  warmup_steps: int | None = None, warmup_ratio: float | None = None) -> Schedule:
+    """Optimizer steps per epoch and in all (`max_train_steps` wins over `epochs`), and the warmup in steps
+    (`warmup_steps`, else `warmup_ratio` of the run, else `warmup_epochs`); warns (`WarmupWarning`) when the
+    warmup is not shorter than the run."""
+    updates_per_epoch = math.ceil(batches_per_epoch / accumulation)
+    total = max_train_steps or epochs * updates_per_epoch
+    if warmup_steps is not None:
+        warmup = warmup_steps
+    elif warmup_ratio is not None:
+        warmup = round(warmup_ratio * total)
+    else:
+        warmup = round((warmup_epochs or 0) * updates_per_epoch)
+    if warmup and warmup >= total:
+        warnings.warn(f"the warmup ({warmup} optimizer steps) is as long as the run ({total} steps) or longer: the "
+                      f"learning rate rises for the whole run and never reaches its peak (the last step gets "
+                      f"{(total - 1) / warmup:.0%} of it). Shorten the warmup (--warmup_epochs, --warmup_steps or "
+                      "--warmup_ratio) or train longer.", WarmupWarning, stacklevel=2)
+    return Schedule(batches_per_epoch, updates_per_epoch, total, math.ceil(total / updates_per_epoch), warmup)
+
+
+def placeholder_batch(config, device, labels: bool = False, size: int = 2) -> dict:
+    """Zero images (and class-0 labels) standing in for a batch with no decodable image (zero weight)."""
+    height, width = config.image_hw
+    batch = {"pixel_values": torch.zeros(size, config.num_channels, height, width, device=device)}
+    if labels:
+        batch["labels"] = torch.zeros(size, dtype=torch.long, device=device)
+    return batch
+
+
+class TrainingLoop:
+    """Epochs of `step` over a prepared loader with accumulation, the schedule, the bad-batch and non-finite
+    policies, logging, checkpoints and exact resume (see the module docstring)."""
+
+    def __init__(self, accelerator, model, optimizer, loader, schedule: Schedule, *, lr: float, args,
+                 checkpoints_dir: Path, processor, run_log, desc: str, placeholder, min_lr: float = 0.0,
+                 max_grad_norm: float | None = None, bad_images=lambda: 0, pretrained=None):
+        self.accelerator, self.model, self.optimizer, self.loader = accelerator, model, optimizer, loader
+        self.schedule, self.lr, self.min_lr, self.max_grad_norm = schedule, lr, min_lr, max_grad_norm
+        self.logging_steps = args.logging_steps
+        self.checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+        self.total_limit = args.checkpoints_total_limit
+        self.checkpoints_dir, self.processor, self.run_log, self.desc = checkpoints_dir, processor, run_log, desc
+        self.placeholder, self.bad_images, self.pretrained = placeholder, bad_images, pretrained
+        self.update_step = self.start_epoch = self.skip_batches = self.skipped_batches = 0
+        self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
+        self.epoch_totals = (0.0, 0.0)  # a mid-epoch checkpoint's (loss sum, finite micro-batches) per process
+        self.last_loss, self.peak_lr, self.resumed_from = None, 0.0, None
+
+    # ---------------------------------------------------------------------------------------------- resume
+    def resume(self, spec: str | None) -> dict:
+        """Load checkpoint `spec` ('latest' or a folder) if given; returns its saved state ({} for none)."""
+        if not spec:
+            return {}
+        self.resumed_from, state = resume_from(self.accelerator, spec, self.checkpoints_dir)
+        if self.resumed_from is not None:
+            self.update_step, self.start_epoch = state["update_step"], state["epoch"]
+            self.skip_batches = state.get("batches_in_epoch", 0)
+            self.nonfinite.total = state.get("nonfinite_steps", 0)
+            self.skipped_batches = state.get("skipped_batches", 0)
+            self.epoch_totals = tuple(state.get("epoch_totals", (0.0, 0.0)))
+        return state
+
+    def checkpoint(self, epoch: int, batches_in_epoch: int, totals: tuple, extra: dict) -> Path:
+        state = {"update_step": self.update_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                 "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
+                 "epoch_totals": list(totals), **extra}
+        try:
+            path = save_checkpoint(self.accelerator, self.model, self.processor, self.checkpoints_dir,
+                                   self.update_step, state, self.total_limit, optimizer=self.optimizer,
+                                   pretrained=self.pretrained)
+        except CheckpointError as error:
+            raise NonFiniteLossError(f"{error}. {self._intact_note()}") from None
+        self.run_log.write({"event": "checkpoint", "step": self.update_step, "path": str(path)})
+        return path
+
+    def _intact_note(self) -> str:
+        intact = newest_intact_checkpoint(self.checkpoints_dir, lambda _: None)
+        return (f"Newest intact checkpoint: {intact} (resume with --resume_from_checkpoint {intact})" if intact
+                else "No checkpoint was written before this.")
+
+    # ----------------------------------------------------------------------------------------------- run
+    def run(self, step, on_epoch_end=None, extra_state=dict) -> dict:
+        """Train to the end of the schedule. `step(batch, epoch, batch_index)` returns the micro-batch loss;
+        `on_epoch_end(epoch_done, mean_loss, done)` runs after each epoch (before its checkpoint);
+        `extra_state()` adds the program's own values to each checkpoint. Returns a summary dict."""
+        acc, sched, device = self.accelerator, self.schedule, self.accelerator.device
+        progress = tqdm(total=sched.total_updates, initial=self.update_step, desc=self.desc, dynamic_ncols=True,
+                        disable=not acc.is_local_main_process)
+        # on-device sums (no host sync per micro-batch): [bad micro-batches, micro-batches with images] per
+        # optimizer step; [loss sum, finite micro-batches] per logging window and per epoch
+        cycle = torch.zeros(2, device=device)
+        window = torch.zeros(2, device=device)
+        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
+        done = self.update_step >= sched.total_updates
+        self.model.train()
+        for epoch in range(self.start_epoch, sched.epochs):
+            if done:
+                break
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            active = acc.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches else self.loader
+            batches_in_epoch, self.skip_batches = self.skip_batches, 0
+            epoch_sum = torch.tensor([*self.epoch_totals, 0.0], device=device)  # + batches with images
+            self.epoch_totals = (0.0, 0.0)
+            wait_start = time.perf_counter()
+            for batch in active:
+                window_wait += time.perf_counter() - wait_start
+                batch_index, batches_in_epoch = batches_in_epoch, batches_in_epoch + 1  # counts every batch drawn
+                empty = len(batch["pixel_values"]) == 0
+                if empty:
+                    batch = self.placeholder()
+                    self.skipped_batches += 1
+                with acc.accumulate(self.model):
+                    loss = step(batch, epoch, batch_index)
+                    finite = torch.isfinite(loss.detach())
+                    acc.backward(loss * 0.0 if empty else loss)
+                    cycle += torch.stack([(~finite).float(), torch.ones((), device=device) * (not empty)])
+                    if acc.sync_gradients:
+                        bad, with_images = acc.reduce(cycle, "sum").tolist()
+                        cycle.zero_()
+                        self._optimizer_step(bad > 0, with_images > 0)
+                if not empty:
+                    counted = finite.float()
+                    window += torch.stack([torch.where(finite, loss.detach().float(), 0.0), counted])
+                    epoch_sum += torch.stack([torch.where(finite, loss.detach().float(), 0.0), counted,
+                                              torch.ones((), device=device)])
+                    window_images += len(batch["pixel_values"]) * acc.num_processes
+                if acc.sync_gradients:
+                    if self.nonfinite.tripped:
+                        self.run_log.write({"event": "stopped", "step": self.update_step,
+                                            "reason": "non-finite loss", "nonfinite_steps": self.nonfinite.total})
+                        raise self.nonfinite.error(self._intact_note())
+                    self.update_step += 1
+                    progress.update(1)
+                    if self.update_step % self.logging_steps == 0 or self.update_step == sched.total_updates:
+                        elapsed = time.perf_counter() - window_start
+                        self._log(epoch + batches_in_epoch / sched.batches_per_epoch, window,
+                                  window_images / elapsed, window_wait / elapsed, progress)
+                        window.zero_()
+                        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
+                    if (self.checkpoint_every and self.update_step % self.checkpoint_every == 0
+                            and batches_in_epoch < sched.batches_per_epoch):  # the epoch's own follows its end
+                        totals = (acc.reduce(epoch_sum[:2].clone(), "sum") / acc.num_processes).tolist()
+                        self.checkpoint(epoch, batches_in_epoch, tuple(totals), extra_state())
+                    if self.update_step >= sched.total_updates:
+                        done = True
+                        break
+                wait_start = time.perf_counter()
+            loss_sum, finite_count, with_images = acc.reduce(epoch_sum, "sum").tolist()
+            if with_images == 0 and batches_in_epoch > 0:
+                raise NoDecodableImagesError(
+                    f"no decodable image in the training data: every one of the {batches_in_epoch} batches of "
+                    f"epoch {epoch + 1} was skipped ({self._reduced_bad_images()} undecodable images). Check the "
+                    "data (the warnings above name the files).")
+            epoch_done = epoch + 1
+            if on_epoch_end is not None:
+                on_epoch_end(epoch_done, loss_sum / finite_count if finite_count else None, done)
+            if batches_in_epoch >= sched.batches_per_epoch:
+                self.checkpoint(epoch_done, 0, (0.0, 0.0), extra_state())
+        progress.close()
+        return {"optimizer_steps": self.update_step, "epochs": sched.epochs, "nonfinite_steps": self.nonfinite.total,
+                "skipped_batches": self.skipped_batches, "skipped_images": self._reduced_bad_images(),
+                "final_loss": self.last_loss, "peak_lr": self.peak_lr, "warmup_steps": sched.warmup_updates,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None}
+
+    def _optimizer_step(self, nonfinite: bool, has_images: bool) -> None:
+        """Step with the scheduled lr unless the cycle's loss was not finite or it had no image (skipped)."""
+        if has_images or nonfinite:
+            self.nonfinite.record(nonfinite)
+        if has_images and not nonfinite:
+            lr = lr_at_step(self.update_step, self.schedule.total_updates, self.schedule.warmup_updates, self.lr,
+                            self.min_lr)
+            self.peak_lr = max(self.peak_lr, set_lr(self.optimizer, lr))
+            if self.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _reduced_bad_images(self) -> int:
+        return int(self.accelerator.reduce(torch.tensor(float(self.bad_images()), device=self.accelerator.device),
+                                           "sum").item())
+
+    def _log(self, epoch: float, window: torch.Tensor, images_per_s: float, wait_fraction: float, progress) -> None:
+        loss_sum, finite, bad_images = self.accelerator.reduce(
+            torch.cat([window, torch.tensor([float(self.bad_images())], device=window.device)]), "sum").tolist()
+        mean_loss = loss_sum / finite if finite else None  # None: no finite loss in the window
+        self.last_loss = mean_loss if mean_loss is not None else self.last_loss
+        record = {"step": self.update_step, "epoch": round(epoch, 4), "loss": mean_loss,
+                  "lr": max(group["lr"] for group in self.optimizer.param_groups),
+                  "images_per_s": round(images_per_s, 2), "data_wait_fraction": round(wait_fraction, 4),
+                  "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
+                  "skipped_images": int(bad_images)}
+        self.run_log.write(record, step=self.update_step)
+        progress.set_postfix(loss="non-finite" if mean_loss is None else f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
+
+
+__all__ = ["NoDecodableImagesError", "NonFiniteGuard", "NonFiniteLossError", "Schedule", "TrainingLoop",
+           "WarmupWarning", "placeholder_batch", "plan_schedule"]
