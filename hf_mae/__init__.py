@@ -20,7 +20,7 @@ from transformers import (
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_mae import PRESETS, MAEConfig
-from .image_processing_mae import MAEImageProcessor
+from .image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
 from .modeling_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
 
 AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
@@ -32,7 +32,9 @@ AutoBackbone.register(MAEConfig, MAEBackbone, exist_ok=True)
 # nothing registered locally, asks whether to run that (non-existent) remote code: a y/N prompt and a 15 s
 # stall in a terminal. Registering "no video processor" for MAEConfig makes it fail fast instead.
 AutoVideoProcessor.register(MAEConfig, video_processor_classes={}, exist_ok=True)
-AutoImageProcessor.register(MAEConfig, image_processor_classes={"pil": MAEImageProcessor}, exist_ok=True)
+# "torchvision" is transformers' name for the torch backend (use_fast=True); ours needs torch only
+AutoImageProcessor.register(MAEConfig, image_processor_classes={"pil": MAEImageProcessor,
+                                                                "torchvision": MAEImageProcessorFast}, exist_ok=True)
 MAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
@@ -64,4 +66,4 @@ if not getattr(AutoBackbone.from_pretrained, "_hf_mae", False):
 
 __version__ = "0.1.0"
 __all__ = ["MAEConfig", "PRESETS", "MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone",
-           "MAEPreTrainedModel", "MAEImageProcessor"]
+           "MAEPreTrainedModel", "MAEImageProcessor", "MAEImageProcessorFast"]

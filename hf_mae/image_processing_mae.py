@@ -1,13 +1,24 @@
-"""MAEImageProcessor (PIL backend, no torchvision) and the patch arithmetic shared with the model's loss.
+"""MAEImageProcessor (PIL backend), MAEImageProcessorFast (torch, no torchvision) and the patch arithmetic
+shared with the model's loss.
 
 `patchify` / `normalize_patches` here are the one implementation of patching and per-patch normalisation:
 the model's loss imports them, the processor exposes them for targets and for turning predictions back
 into pictures.
+
+Inputs, for both processors: PIL images of any mode, numpy arrays (H, W), (H, W, C) or (C, H, W), torch
+tensors (C, H, W) or (H, W), with 1, 3 or 4 (RGBA) channels, whatever the processor's channel count. Arrays
+are 8-bit pictures: uint8 as is, floats in [0, 1] scaled by 255, other floats and integers taken as 0..255;
+they are rounded to 8 bits (PIL resamples in 8 bits anyway), then converted to "L" or "RGB" exactly as a
+PIL image of the same pixels would be. So an RGB array given to a 1-channel processor gives its luminance.
 """
+
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
@@ -101,6 +112,55 @@ def convert_image_mode(img: Image.Image, num_channels: int = 3) -> Image.Image:
         return img.convert("RGB").convert(target)
 
 
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    """An array's pixels as 8 bits: uint8 as is, floats in [0, 1] x 255, anything else taken as 0..255."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the image holds NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating) and values.size and values.min() >= 0 and values.max() <= 1:
+        values = values * 255
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def to_channels_first(image, num_channels: int) -> np.ndarray:
+    """Any supported image (see the module docstring) -> a (num_channels, H, W) uint8 array.
+
+    Channel counts other than 1 and 3 (multispectral data) pass through as given, channels first."""
+    if isinstance(image, Image.Image):
+        return _hwc_to_chw(np.asarray(convert_image_mode(image, num_channels)))
+    is_tensor = isinstance(image, torch.Tensor)
+    array = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 1 and array.shape[1] > 4 and array.shape[2] > 4:
+        array = array[0]  # (1, H, W)
+    if array.ndim == 2:
+        array = array[..., None]
+    elif array.ndim != 3:
+        raise ValueError(f"an image must be (H, W), (H, W, C) or (C, H, W), got shape {array.shape}")
+    channels_last = array.shape[-1] in (1, 3, 4) and not (is_tensor and array.shape[0] in (1, 3, 4))
+    if not channels_last and array.shape[0] not in (1, 3, 4):
+        if array.shape[0] == num_channels:  # e.g. 5-band data for a 5-channel model: taken as is
+            return array
+        raise ValueError(f"cannot tell the channel axis of an image of shape {array.shape}: expected 1, 3 or "
+                         f"4 channels first or last")
+    hwc = array if channels_last else np.moveaxis(array, 0, -1)
+    if num_channels not in (1, 3):
+        if hwc.shape[-1] != num_channels:
+            raise ValueError(f"expected {num_channels} channels, got an image of shape {array.shape}")
+        return np.moveaxis(hwc, -1, 0)
+    hwc = _as_uint8(hwc)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[hwc.shape[-1]]
+    picture = Image.fromarray(hwc[..., 0] if mode == "L" else np.ascontiguousarray(hwc), mode=mode)
+    return _hwc_to_chw(np.asarray(convert_image_mode(picture, num_channels)))
+
+
+def _hwc_to_chw(array: np.ndarray) -> np.ndarray:
+    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+
 class MAEImagesKwargs(ImagesKwargs, total=False):
     patch_size: int
     num_channels: int
@@ -143,11 +203,56 @@ class MAEImageProcessor(PilBackend):
             defaults["image_std"] = [float(std)] * config.num_channels
         return cls(**{**defaults, **kwargs})
 
+    def __init__(self, **kwargs):
+        size = kwargs.get("size")
+        if isinstance(size, dict) and "height" in size and "crop_size" not in kwargs:
+            kwargs["crop_size"] = dict(size)  # a fixed output size: no crop to another size behind it
+        super().__init__(**kwargs)
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3):
+        """transformers' batching rules, plus single-band (H, W) arrays and tensors (one image each)."""
+        def two_d(x):
+            return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 2
+        if two_d(images):
+            return [images]
+        if isinstance(images, (list, tuple)) and images and all(two_d(x) for x in images):
+            return list(images)
+        return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+
     def process_image(self, image, *args, num_channels: int | None = None, **kwargs) -> np.ndarray:
+        """Any supported input (see the module docstring) -> (C, H, W) uint8 at the processor's channels."""
         channels = self.num_channels if num_channels is None else num_channels
-        if isinstance(image, Image.Image):
-            image = convert_image_mode(image, channels)
-        return super().process_image(image, *args, **kwargs)
+        kwargs.pop("input_data_format", None)  # the layout is inferred by `to_channels_first`
+        return to_channels_first(image, channels)
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every output, or None when it follows the input (resize by edge, no crop)."""
+        if self.do_center_crop and self.crop_size:
+            return self.crop_size["height"], self.crop_size["width"]
+        if self.do_resize and self.size and "height" in self.size:
+            return self.size["height"], self.size["width"]
+        return None
+
+    def check_matches(self, config) -> None:
+        """Raise a ValueError naming both sides when this processor's output does not fit the model of `config`
+        (an `MAEConfig`): output height x width vs `image_size`, channels vs `num_channels`, patch size."""
+        model_hw = tuple(config.image_hw)
+        problems = []
+        if self.output_size is None:
+            problems.append(f"the processor's output size follows the input (size={self.size}, "
+                            f"do_center_crop={self.do_center_crop}), the model takes {model_hw[0]}x{model_hw[1]}")
+        elif tuple(self.output_size) != model_hw:
+            problems.append(f"the processor outputs {self.output_size[0]}x{self.output_size[1]} pixels, the model "
+                            f"takes {model_hw[0]}x{model_hw[1]} (image_size={config.image_size})")
+        if self.num_channels != config.num_channels:
+            problems.append(f"the processor outputs {self.num_channels} channel(s), the model takes "
+                            f"{config.num_channels} (num_channels)")
+        if self.patch_size != config.patch_size:
+            problems.append(f"the processor's patch_size is {self.patch_size}, the model's {config.patch_size}")
+        if problems:
+            raise ValueError("image processor and model disagree: " + "; ".join(problems) +
+                             ". Build a matching processor with MAEImageProcessor.for_config(config).")
 
     # --- patch normalisation (targets and inverse) -------------------------------------------------------
     def patchify(self, pixel_values) -> torch.Tensor:
@@ -214,5 +319,64 @@ class MAEImageProcessor(PilBackend):
         return images.clamp(0, 1)
 
 
-__all__ = ["MAEImageProcessor", "convert_image_mode", "patchify", "unpatchify", "normalize_patches",
-           "denormalize_patches"]
+class MAEImageProcessorFast(MAEImageProcessor):
+    """The same processor with torch tensors (no torchvision needed): crop, rescale and normalise run
+    batched, on any device (`device=`), and return tensors directly. The resize stays Pillow's, image by
+    image, so outputs equal `MAEImageProcessor`'s (to float32 rounding, < 1e-5): torch's bicubic differs from
+    Pillow's, and features should not depend on which backend loaded the processor. AutoImageProcessor picks
+    it for `use_fast=True` / `backend="torchvision"`, and by default where torchvision is installed. Saved,
+    it is an `MAEImageProcessor` config: the backend is a choice made when loading."""
+
+    @property
+    def backend(self) -> str:
+        return "torchvision"
+
+    def _preprocess(self, images, do_resize, size, resample, do_center_crop, crop_size, do_rescale,
+                    rescale_factor, do_normalize, image_mean, image_std, return_tensors=None, device=None,
+                    **kwargs) -> BatchFeature:
+        out = []
+        for image in images:  # (C, H, W) uint8 each; sizes may differ until resized / cropped
+            if do_resize:
+                image = self.resize(image, size, resample)  # Pillow, 8-bit, as the PIL backend
+            x = torch.as_tensor(np.ascontiguousarray(image), device=device)
+            if do_center_crop:
+                x = _center_crop(x, crop_size.height, crop_size.width)
+            out.append(x)
+        shapes = {tuple(x.shape) for x in out}
+        pixels = torch.stack(out) if len(shapes) == 1 else None
+        batch = [pixels] if pixels is not None else out
+        for i, x in enumerate(batch):
+            x = x.to(torch.float64)
+            if do_rescale:
+                x = x * rescale_factor
+            x = x.to(torch.float32)
+            if do_normalize:
+                mean = torch.as_tensor(image_mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+                std = torch.as_tensor(image_std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+                x = (x - mean) / std
+            batch[i] = x
+        pixel_values = batch[0] if pixels is not None else batch
+        if return_tensors is None and pixels is not None:
+            pixel_values = list(pixel_values)
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["image_processor_type"] = "MAEImageProcessor"
+        return out
+
+
+def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """transformers' center crop on (C, H, W): offsets (H - h) // 2, zero padding when the image is smaller."""
+    in_h, in_w = x.shape[-2:]
+    if in_h < height or in_w < width:
+        pad_h, pad_w = max(height - in_h, 0), max(width - in_w, 0)
+        top, left = math.ceil(pad_h / 2), math.ceil(pad_w / 2)
+        x = F.pad(x, (left, pad_w - left, top, pad_h - top))
+        in_h, in_w = x.shape[-2:]
+    top, left = (in_h - height) // 2, (in_w - width) // 2
+    return x[..., top:top + height, left:left + width]
+
+
+__all__ = ["MAEImageProcessor", "MAEImageProcessorFast", "convert_image_mode", "to_channels_first", "patchify",
+           "unpatchify", "normalize_patches", "denormalize_patches"]

@@ -97,3 +97,80 @@ def test_postprocess_reconstruction_makes_the_statistics_choice_explicit():
     assert torch.allclose(pixels_pred["reconstruction"], original, atol=1e-5)
     with pytest.raises(ValueError, match="norm-pix"):
         processor.postprocess_reconstruction(targets, pixels, mask, norm_pix_loss=False, statistics="target")
+
+
+RNG = np.random.default_rng(1)
+RGB = RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8)  # (H, W, C)
+
+
+@pytest.mark.parametrize("layout", ["pil", "hwc", "chw", "torch_chw", "float01_hwc", "float255_chw", "torch_float01"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_input_layout_gives_the_pil_result(layout, channels):
+    processor = MAEImageProcessor(size={"shortest_edge": 18}, crop_size={"height": 16, "width": 16},
+                                  num_channels=channels, image_mean=[0.5] * channels, image_std=[0.5] * channels)
+    inputs = {
+        "pil": Image.fromarray(RGB),
+        "hwc": RGB,
+        "chw": RGB.transpose(2, 0, 1),
+        "torch_chw": torch.from_numpy(RGB).permute(2, 0, 1),
+        "float01_hwc": RGB / 255.0,
+        "float255_chw": RGB.transpose(2, 0, 1).astype(np.float32),
+        "torch_float01": torch.from_numpy(RGB).permute(2, 0, 1) / 255.0,
+    }
+    expected = processor(Image.fromarray(RGB), return_tensors="pt")["pixel_values"]
+    pixels = processor(inputs[layout], return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, channels, 16, 16)
+    torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("image", [RGB[..., :1], RGB[..., 0], RGB[None, ..., 0], np.dstack([RGB, RGB[..., :1]])],
+                         ids=["gray_hw1", "gray_hw", "gray_1hw", "rgba"])
+def test_gray_and_rgba_arrays_convert_like_pil(image):
+    for channels in (1, 3):
+        processor = MAEImageProcessor(do_resize=False, crop_size={"height": 20, "width": 24}, num_channels=channels,
+                                      image_mean=[0.0] * channels, image_std=[1.0] * channels)
+        squeezed = image[0] if image.ndim == 3 and image.shape[0] == 1 else image
+        picture = Image.fromarray(squeezed[..., 0] if squeezed.ndim == 3 and squeezed.shape[-1] == 1 else squeezed)
+        expected = processor(picture, return_tensors="pt")["pixel_values"]
+        assert processor(image, return_tensors="pt")["pixel_values"].shape == (1, channels, 20, 24)
+        torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], expected)
+
+
+def test_one_channel_processor_takes_an_rgb_array():
+    config = MAEConfig.from_preset("mae-vit-mnist-patch4")
+    rgb = RNG.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    assert MAEImageProcessor.for_config(config)(rgb, return_tensors="pt")["pixel_values"].shape == (1, 1, 28, 28)
+    processor = MAEImageProcessor.for_config(config, crop_pct=1.0)  # no resize: the values are checkable
+    pixels = processor(rgb, return_tensors="pt")["pixel_values"]
+    luminance = np.asarray(Image.fromarray(rgb).convert("L"))  # PIL's ITU-R 601 weights
+    expected = (luminance / 255 - processor.image_mean[0]) / processor.image_std[0]
+    np.testing.assert_allclose(pixels[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_unreadable_arrays_are_named():
+    processor = MAEImageProcessor()
+    with pytest.raises(ValueError, match="channel axis"):
+        processor(np.zeros((7, 8, 9), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        processor(np.full((8, 8, 3), np.nan, np.float32))
+
+
+def test_size_as_height_width_sets_the_output_size():
+    processor = MAEImageProcessor(size={"height": 32, "width": 32})
+    assert processor.crop_size == {"height": 32, "width": 32} and processor.output_size == (32, 32)
+    assert processor(Image.new("RGB", (50, 40)), return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+    explicit = MAEImageProcessor(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32})
+    assert explicit.output_size == (32, 32)  # an explicit crop still wins
+
+
+def test_check_matches_names_both_sides():
+    config = MAEConfig.from_preset("mae-vit-mnist-patch4")
+    MAEImageProcessor.for_config(config).check_matches(config)  # matching: no error
+    with pytest.raises(ValueError, match=r"outputs 224x224 pixels, the model takes 28x28"):
+        MAEImageProcessor(num_channels=1, patch_size=4).check_matches(config)
+    with pytest.raises(ValueError, match=r"3 channel\(s\), the model takes 1"):
+        MAEImageProcessor.for_config(config, num_channels=3).check_matches(config)
+    with pytest.raises(ValueError, match="follows the input"):
+        MAEImageProcessor.for_config(config, do_center_crop=False).check_matches(config)
+    with pytest.raises(ValueError, match="patch_size is 16, the model's 4"):
+        MAEImageProcessor.for_config(config, patch_size=16).check_matches(config)
