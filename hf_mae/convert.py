@@ -9,7 +9,11 @@
 - `from_transformers` / `to_transformers`: transformers model objects. transformers 5.x holds separate q/k/v
   projections and its own names (`vit.layers.i.attention.q_proj`); hf_mae holds the official fused
   `blocks.i.attn.qkv`. `from_transformers` goes through transformers' `from_pretrained`, which renames legacy
-  (4.x / Hub) checkpoint keys at load time; `load_any` renames them itself.
+  (4.x / Hub) checkpoint keys at load time; `load_any` renames them itself. One name map
+  (`_TRANSFORMERS_NAMES`) serves both directions.
+- `fold_batchnorm(fc_norm, head)`: a linear probe's eval-mode BatchNorm folded into its Linear head.
+- The command line (`build_parser` / `parse_args` / `main`): `python scripts/convert_checkpoint.py IN OUT`
+  (or `python -m hf_mae.convert IN OUT`); see `--help`.
 """
 
 import argparse
@@ -18,80 +22,73 @@ import math
 import os
 import pickle
 import re
+import shutil
+import sys
+import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
 
 from .configuration_mae import PRESETS, MAEConfig
+from .image_processing_mae import MAEImageProcessor
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel, sincos_pos_embed
 
-# (hf_mae block name, transformers layer name) for everything but the fused qkv
-_BLOCK_NAMES = [
-    ("norm1", "layernorm_before"),
-    ("attn.proj", "attention.o_proj"),
-    ("norm2", "layernorm_after"),
-    ("mlp.fc1", "mlp.fc1"),
-    ("mlp.fc2", "mlp.fc2"),
-]
+# The transformers 5.x names, official name -> transformers name: the one map both directions use. Encoder
+# entries are relative to the encoder (`vit.` in front inside ViTMAEForPreTraining, nothing in ViTModel);
+# decoder entries are ViTMAEForPreTraining's. The fused `attn.qkv` is held as three projections
+# (`attention.q_proj` / `k_proj` / `v_proj`).
+_TRANSFORMERS_NAMES = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+    "mask_token": "decoder.mask_token",
+    "decoder_pos_embed": "decoder.decoder_pos_embed",
+    **{f"decoder_{layer}.{suffix}": f"decoder.decoder_{layer}.{suffix}"
+       for layer in ("embed", "norm", "pred") for suffix in ("weight", "bias")},
+}
+_TRANSFORMERS_STACKS = {"blocks": "layers", "decoder_blocks": "decoder.decoder_layers"}
+_TRANSFORMERS_BLOCK_NAMES = {  # inside one block; attn.qkv is split into q/k/v projections
+    "norm1": "layernorm_before",
+    "attn.proj": "attention.o_proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
 _SHARED_FIELDS = ["image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
                   "num_attention_heads", "intermediate_size", "layer_norm_eps", "qkv_bias",
                   "initializer_range"]
 _DECODER_FIELDS = ["decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
                    "decoder_intermediate_size", "mask_ratio", "norm_pix_loss"]
+_OFFICIAL_BLOCK_KEY = re.compile(r"(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)")
 
 
-def _blocks_from_transformers(sd: dict, src: str, dst: str, depth: int, qkv_bias: bool) -> dict:
+def _official_to_transformers(tensors: Mapping, encoder_prefix: str) -> dict:
+    """Official-named tensors (encoder and/or decoder) under transformers 5.x names; `encoder_prefix` is "vit."
+    for ViTMAEForPreTraining and "" for ViTModel."""
     out = {}
-    for i in range(depth):
-        s, d = f"{src}.{i}.", f"{dst}.{i}."
-        for suffix in ["weight", "bias"] if qkv_bias else ["weight"]:
-            out[f"{d}attn.qkv.{suffix}"] = torch.cat(
-                [sd[f"{s}attention.{name}_proj.{suffix}"] for name in "qkv"], dim=0)
-        for ours, theirs in _BLOCK_NAMES:
-            for suffix in ("weight", "bias"):
-                out[f"{d}{ours}.{suffix}"] = sd[f"{s}{theirs}.{suffix}"]
-    return out
-
-
-def _blocks_to_transformers(sd: dict, src: str, dst: str, depth: int, qkv_bias: bool) -> dict:
-    out = {}
-    for i in range(depth):
-        s, d = f"{src}.{i}.", f"{dst}.{i}."
-        for suffix in ["weight", "bias"] if qkv_bias else ["weight"]:
-            for name, part in zip("qkv", sd[f"{s}attn.qkv.{suffix}"].chunk(3, dim=0)):
-                out[f"{d}attention.{name}_proj.{suffix}"] = part.clone()
-        for ours, theirs in _BLOCK_NAMES:
-            for suffix in ("weight", "bias"):
-                out[f"{d}{theirs}.{suffix}"] = sd[f"{s}{ours}.{suffix}"]
-    return out
-
-
-def _encoder_from_transformers(sd: dict, prefix: str, depth: int, qkv_bias: bool) -> dict:
-    out = {
-        "cls_token": sd[f"{prefix}embeddings.cls_token"],
-        "pos_embed": sd[f"{prefix}embeddings.position_embeddings"],
-        "patch_embed.proj.weight": sd[f"{prefix}embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": sd[f"{prefix}embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": sd[f"{prefix}layernorm.weight"],
-        "norm.bias": sd[f"{prefix}layernorm.bias"],
-    }
-    out.update(_blocks_from_transformers(sd, f"{prefix}layers", "blocks", depth, qkv_bias))
-    return out
-
-
-def _encoder_to_transformers(sd: dict, prefix: str, depth: int, qkv_bias: bool) -> dict:
-    out = {
-        f"{prefix}embeddings.cls_token": sd["cls_token"],
-        f"{prefix}embeddings.position_embeddings": sd["pos_embed"],
-        f"{prefix}embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-        f"{prefix}embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        f"{prefix}layernorm.weight": sd["norm.weight"],
-        f"{prefix}layernorm.bias": sd["norm.bias"],
-    }
-    out.update(_blocks_to_transformers(sd, "blocks", f"{prefix}layers", depth, qkv_bias))
+    for name, value in tensors.items():
+        prefix = encoder_prefix if _ENCODER_NAME.fullmatch(name) else ""
+        if name in _TRANSFORMERS_NAMES:
+            out[prefix + _TRANSFORMERS_NAMES[name]] = value
+            continue
+        match = _OFFICIAL_BLOCK_KEY.fullmatch(name)
+        if match is None or (match.group(3) != "attn.qkv" and match.group(3) not in _TRANSFORMERS_BLOCK_NAMES):
+            raise KeyError(f"{name!r} has no transformers name")
+        stack, index, inner, suffix = match.groups()
+        block = f"{prefix}{_TRANSFORMERS_STACKS[stack]}.{index}"
+        if inner == "attn.qkv":
+            for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{block}.attention.{part}_proj.{suffix}"] = chunk.clone()
+        else:
+            out[f"{block}.{_TRANSFORMERS_BLOCK_NAMES[inner]}.{suffix}"] = value
     return out
 
 
@@ -108,62 +105,59 @@ def config_to_transformers(config: MAEConfig) -> ViTMAEConfig:
 def from_transformers(model_or_path) -> MAEForPreTraining:
     """A transformers `ViTMAEForPreTraining` (instance, local folder or Hub id) as an hf_mae
     `MAEForPreTraining` with the same weights (and the checkpoint's own `norm_pix_loss`, `mask_ratio` and
-    `layer_norm_eps`)."""
+    `layer_norm_eps`), in eval mode. A conversion through `load_any`, strict."""
     source = model_or_path
     if not isinstance(source, ViTMAEForPreTraining):
         source = ViTMAEForPreTraining.from_pretrained(model_or_path)
-    config = config_from_transformers(source.config)
-    sd = source.state_dict()
-    depth, bias = config.num_hidden_layers, config.qkv_bias
-    ours = {f"encoder.{k}": v for k, v in _encoder_from_transformers(sd, "vit.", depth, bias).items()}
-    ours.update({
-        "mask_token": sd["decoder.mask_token"],
-        "decoder_pos_embed": sd["decoder.decoder_pos_embed"],
-        "decoder_embed.weight": sd["decoder.decoder_embed.weight"],
-        "decoder_embed.bias": sd["decoder.decoder_embed.bias"],
-        "decoder_norm.weight": sd["decoder.decoder_norm.weight"],
-        "decoder_norm.bias": sd["decoder.decoder_norm.bias"],
-        "decoder_pred.weight": sd["decoder.decoder_pred.weight"],
-        "decoder_pred.bias": sd["decoder.decoder_pred.bias"],
-    })
-    ours.update(_blocks_from_transformers(sd, "decoder.decoder_layers", "decoder_blocks",
-                                          config.decoder_num_hidden_layers, bias))
-    model = MAEForPreTraining(config)
-    model.load_state_dict(ours, strict=True)
+    model, _ = load_any(source)
     return model
 
 
-def _pretraining_to_transformers(sd: dict, config: MAEConfig) -> dict:
-    """An hf_mae `MAEForPreTraining` state dict under transformers 5.x `ViTMAEForPreTraining` names."""
-    depth, bias = config.num_hidden_layers, config.qkv_bias
-    enc = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
-    theirs = _encoder_to_transformers(enc, "vit.", depth, bias)
-    for name in ["decoder_embed", "decoder_norm", "decoder_pred"]:
-        for suffix in ("weight", "bias"):
-            theirs[f"decoder.{name}.{suffix}"] = sd[f"{name}.{suffix}"]
-    theirs["decoder.mask_token"] = sd["mask_token"]
-    theirs["decoder.decoder_pos_embed"] = sd["decoder_pos_embed"]
-    theirs.update(_blocks_to_transformers(sd, "decoder_blocks", "decoder.decoder_layers",
-                                          config.decoder_num_hidden_layers, bias))
-    return theirs
+def _hf_mae_to_official(model: MAEModel | MAEForPreTraining) -> dict:
+    """The model's state dict under official names (encoder keys lose their `encoder.` prefix)."""
+    state = model.state_dict()
+    if isinstance(model, MAEForPreTraining):
+        return {key.removeprefix("encoder."): value for key, value in state.items()}
+    return dict(state)
 
 
 def to_transformers(model: MAEForPreTraining | MAEModel):
     """`MAEForPreTraining` -> transformers `ViTMAEForPreTraining`; `MAEModel` ->
     `ViTModel(add_pooling_layer=False)` (stock transformers, no remote code). Same weights; outputs match with
     the same noise / no masking."""
-    config, sd = model.config, model.state_dict()
-    depth, bias = config.num_hidden_layers, config.qkv_bias
+    config = model.config
     if isinstance(model, MAEModel):
         vit_config = ViTConfig(**{name: getattr(config, name) for name in _SHARED_FIELDS}, hidden_act="gelu")
         target = ViTModel(vit_config, add_pooling_layer=False)
-        target.load_state_dict(_encoder_to_transformers(sd, "", depth, bias), strict=True)
+        target.load_state_dict(_official_to_transformers(_hf_mae_to_official(model), ""), strict=True)
         return target
     if not isinstance(model, MAEForPreTraining):
         raise TypeError(f"expected MAEForPreTraining or MAEModel, got {type(model).__name__}")
     target = ViTMAEForPreTraining(config_to_transformers(config))
-    target.load_state_dict(_pretraining_to_transformers(sd, config), strict=True)
+    target.load_state_dict(_official_to_transformers(_hf_mae_to_official(model), "vit."), strict=True)
     return target
+
+
+def fold_batchnorm(fc_norm: nn.BatchNorm1d, head: nn.Linear) -> nn.Linear:
+    """One Linear equal to `head(fc_norm(x))` with `fc_norm` in eval mode (its running statistics):
+    W' = W / sqrt(var + eps) (per input), b' = b - W' mean; an affine BatchNorm's scale and shift are folded
+    too. Computed in the head's dtype, on its device. Used by the linear probe's cached-feature evaluation, the
+    stock-ViT Hub export and the ONNX / torch.export wrappers."""
+    if not isinstance(fc_norm, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"fc_norm must be a BatchNorm layer, got {type(fc_norm).__name__}")
+    if fc_norm.running_mean is None or fc_norm.running_var is None:
+        raise ValueError("fc_norm keeps no running statistics (track_running_stats=False): nothing to fold")
+    with torch.no_grad():
+        scale = (fc_norm.running_var + fc_norm.eps).rsqrt()
+        shift = -fc_norm.running_mean * scale
+        if fc_norm.affine:
+            scale, shift = scale * fc_norm.weight, shift * fc_norm.weight + fc_norm.bias
+        folded = nn.Linear(head.in_features, head.out_features, device=head.weight.device,
+                           dtype=head.weight.dtype)
+        folded.weight.copy_(head.weight * scale)
+        bias = head.bias if head.bias is not None else torch.zeros_like(folded.bias)
+        folded.bias.copy_(bias + head.weight @ shift)
+    return folded
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -198,18 +192,9 @@ _LEGACY_RENAMES = [
     (re.compile(r"\.intermediate\.dense\."), ".mlp.fc1."),
     (re.compile(r"\.output\.dense\."), ".mlp.fc2."),
 ]
-_TRANSFORMERS_NAMES = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_TRANSFORMERS_DECODER_NAME = re.compile(
-    r"decoder\.(mask_token|decoder_pos_embed|decoder_(?:embed|norm|pred)\.(?:weight|bias))")
-_TRANSFORMERS_BLOCK = re.compile(r"((?:vit\.)?layers|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)")
-_TRANSFORMERS_BLOCK_NAMES = {theirs: ours for ours, theirs in _BLOCK_NAMES}
+_FROM_TRANSFORMERS = {theirs: ours for ours, theirs in _TRANSFORMERS_NAMES.items()}
+_FROM_TRANSFORMERS_BLOCK = {theirs: ours for ours, theirs in _TRANSFORMERS_BLOCK_NAMES.items()}
+_TRANSFORMERS_BLOCK_KEY = re.compile(r"((?:vit\.)?layers|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)")
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module")
 _KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
 _POSITION_NAMES = ("pos_embed", "decoder_pos_embed")
@@ -225,17 +210,17 @@ def _rename(key: str) -> tuple[str, str | None, str] | None:
     for pattern, replacement in _LEGACY_RENAMES:
         renamed = pattern.sub(replacement, renamed)
     scheme = "transformers-legacy" if renamed != key else "transformers"
-    if renamed.removeprefix("vit.") in _TRANSFORMERS_NAMES:
-        return _TRANSFORMERS_NAMES[renamed.removeprefix("vit.")], None, scheme
-    if match := _TRANSFORMERS_DECODER_NAME.fullmatch(renamed):
-        return match.group(1), None, scheme
-    if match := _TRANSFORMERS_BLOCK.fullmatch(renamed):
+    name = renamed.removeprefix("vit.")  # the encoder inside ViTMAEForPreTraining
+    ours = _FROM_TRANSFORMERS.get(name)
+    if ours is not None and (name == renamed or _ENCODER_NAME.fullmatch(ours)):
+        return ours, None, scheme
+    if match := _TRANSFORMERS_BLOCK_KEY.fullmatch(renamed):
         stack, index, inner, suffix = match.groups()
         blocks = "decoder_blocks" if stack.startswith("decoder") else "blocks"
         if qkv := re.fullmatch(r"attention\.([qkv])_proj", inner):
             return f"{blocks}.{index}.attn.qkv.{suffix}", qkv.group(1), scheme
-        if inner in _TRANSFORMERS_BLOCK_NAMES:
-            return f"{blocks}.{index}.{_TRANSFORMERS_BLOCK_NAMES[inner]}.{suffix}", None, scheme
+        if inner in _FROM_TRANSFORMERS_BLOCK:
+            return f"{blocks}.{index}.{_FROM_TRANSFORMERS_BLOCK[inner]}.{suffix}", None, scheme
     return None
 
 
@@ -559,40 +544,70 @@ def _read_safetensors(path: str) -> dict:
 def _read_torch(path: str):
     """torch.load with weights_only=True (and argparse.Namespace, held by official training checkpoints)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*Detected pickle protocol")  # the error says more
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
         needs = re.search(r"Unsupported (?:global|class): (?:GLOBAL )?([\w.]+)", message)
-        if needs or "Weights only load failed" in message and "Unsupported" in message:
-            what = needs.group(1) if needs else "objects that are not tensors"
+        if needs:
             raise ConversionError(
-                f"{path} is a pickle that needs code to load ({what}); hf_mae reads checkpoints with "
+                f"{path} is a pickle that needs code to load ({needs.group(1)}); hf_mae reads checkpoints with "
                 f"torch.load(weights_only=True) only and never runs code from a file. If you trust it, "
                 f"re-save just its tensors (torch.save(state_dict, new_path) or safetensors) and convert "
                 f"that file") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        raise ConversionError(f"{path} is a pickle that torch.load(weights_only=True) cannot read, not a "
+                              f"torch.save checkpoint of tensors (truncated or corrupt?): "
+                              f"{_first_line(detail.group(1) if detail else message)}") from None
+    except Exception as error:  # noqa: BLE001 - any failure to read the file means "not a checkpoint"
         raise ConversionError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{_first_line(message)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
-        raise ConversionError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{_first_line(str(error))}") from None
+                              f"{type(error).__name__}: {_first_line(str(error))}") from None
 
 
 def _first_line(message: str) -> str:
     return next((line.strip() for line in message.splitlines() if line.strip()), message)[:300]
 
 
+_CHECKPOINT_KINDS = ("a checkpoint is a .safetensors file, a torch.save file (.pth / .pt / .bin) or a "
+                     "save_pretrained folder")
+
+
+def _sniff(head: bytes) -> str | None:
+    """What a file that is none of the checkpoint formats holds, from its first bytes (None: a checkpoint
+    format: safetensors, a torch.save zip archive or a legacy pickle)."""
+    if head[8:9] == b"{" or head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"{", b"["):
+        return "a JSON or text file"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut by the 64-byte read is still text
+        decoded = head[:error.start].decode("utf-8") if error.start >= len(head) - 3 else ""
+    if decoded and all(char.isprintable() or char in "\t\r\n" for char in decoded):
+        return "a text file"
+    return "unrecognised binary data (neither safetensors, a torch.save zip archive nor a pickle)"
+
+
 def _read_file(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} is not a regular file or a folder; {_CHECKPOINT_KINDS}")
     size = os.path.getsize(path)
     if size == 0:
         raise ConversionError(f"{path} is empty (0 bytes): an interrupted download or save?")
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    header_size = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-    if path.endswith(".safetensors") or (head[8:9] == b"{" and 0 < header_size < size):
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as error:
+        raise ConversionError(f"{path} cannot be read: {error}") from None
+    if path.endswith(".safetensors") or head[8:9] == b"{":
         return _read_safetensors(path)
+    what = _sniff(head)
+    if what is not None:
+        raise ConversionError(f"{path} is not a checkpoint: {what}, {size:,} bytes; {_CHECKPOINT_KINDS}")
     return _read_torch(path)
 
 
@@ -608,25 +623,45 @@ def _config_from_json(raw: Mapping) -> MAEConfig | None:
     return None
 
 
+def _read_json_file(path: str, what: str) -> dict:
+    try:
+        with open(path) as handle:
+            raw = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{path} ({what}) is not readable JSON: {_first_line(str(error))}") from None
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{path} ({what}) holds a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
 def _read_folder(path: str) -> tuple[dict, MAEConfig | None, str]:
     """Weights and config of a `save_pretrained` folder (hf_mae, transformers ViTMAE or ViT)."""
     config, kind = None, "folder"
     config_path = os.path.join(path, "config.json")
     if os.path.isfile(config_path):
-        with open(config_path) as handle:
-            raw = json.load(handle)
+        raw = _read_json_file(config_path, "the folder's config")
         kind = f"{raw.get('model_type', 'unknown')} folder"
-        config = _config_from_json(raw)
+        try:
+            config = _config_from_json(raw)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConversionError(f"{config_path} is not a usable {raw.get('model_type')} config: "
+                                  f"{_first_line(str(error))}") from None
     for name in ("model.safetensors", "pytorch_model.bin"):
         if os.path.isfile(os.path.join(path, name)):
             return _read_file(os.path.join(path, name)), config, kind
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if os.path.isfile(os.path.join(path, index)):
-            with open(os.path.join(path, index)) as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
+        index_path = os.path.join(path, index)
+        if os.path.isfile(index_path):
+            weight_map = _read_json_file(index_path, "a sharded checkpoint's index").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ConversionError(f"{index_path} has no weight_map: not a sharded checkpoint index")
             state = {}
-            for shard in shards:
-                state.update(_read_file(os.path.join(path, shard)))
+            for shard in sorted(set(map(str, weight_map.values()))):
+                shard_path = os.path.join(path, shard)
+                if not os.path.isfile(shard_path):
+                    raise ConversionError(f"{index_path} lists the shard {shard}, which is missing from {path} "
+                                          f"(an interrupted download?)")
+                state.update(_read_file(shard_path))
             return state, config, kind
     raise ConversionError(f"{path} holds no model.safetensors / pytorch_model.bin (or sharded index); files: "
                           f"{_first(sorted(os.listdir(path)), 10)}")
@@ -667,8 +702,7 @@ def _resolve_config(config, found: MAEConfig | None, canon: _Canonical,
     """The target config: a full config (preset name, MAEConfig) as given, else the folder's config or the
     inferred one, with a dict / JSON file of fields on top."""
     if isinstance(config, (str, os.PathLike)) and os.fspath(config).endswith(".json"):
-        with open(config) as handle:
-            config = json.load(handle)
+        config = _read_json_file(os.fspath(config), "config fields")
     if isinstance(config, str):
         return MAEConfig.from_preset(config), f"given (preset {config})", []
     if isinstance(config, MAEConfig):
@@ -798,23 +832,199 @@ def export_state_dict(model: MAEModel | MAEForPreTraining, layout: str = "offici
         raise TypeError(f"expected MAEModel or MAEForPreTraining, got {type(model).__name__}")
     if layout not in EXPORT_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(EXPORT_LAYOUTS)}, got {layout!r}")
-    config, state = model.config, model.state_dict()
     pretraining = isinstance(model, MAEForPreTraining)
-    encoder = state
-    if pretraining:
-        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    official = _hf_mae_to_official(model)
     if layout == "hf_mae":
-        out = dict(state)
+        out = model.state_dict()
     elif layout == "transformers":
-        out = (_pretraining_to_transformers(state, config) if pretraining else
-               _encoder_to_transformers(state, "", config.num_hidden_layers, config.qkv_bias))
-    else:
-        out = dict(encoder)
-        if layout == "official" and pretraining:
-            out.update({k: v for k, v in state.items() if not k.startswith("encoder.")})
+        out = _official_to_transformers(official, "vit." if pretraining else "")
+    elif layout == "official":
+        out = official
+    else:  # timm: the encoder only
+        out = {name: value for name, value in official.items() if _ENCODER_NAME.fullmatch(name)}
     return {key: value.detach().contiguous() for key, value in out.items()}
 
 
-__all__ = ["load_any", "export_state_dict", "infer_config", "resample_position_embeddings",
+# ------------------------------------------------------------------------------------------------------------
+# The command line: `python scripts/convert_checkpoint.py` (or `python -m hf_mae.convert`)
+
+CLI_EXAMPLES = """examples:
+  python scripts/convert_checkpoint.py mae_pretrain_vit_base.pth outputs/mae-vit-base    # -> hf_mae folder
+  python scripts/convert_checkpoint.py outputs/mae-vit-base vit_b_timm.safetensors --to timm
+  python scripts/convert_checkpoint.py facebook-vit-mae-base/ mae_visualize.pth --to official
+  python scripts/convert_checkpoint.py ckpt.pth out --config '{"num_attention_heads": 8}'  # or a .json
+
+The input is read with torch.load(weights_only=True) or safetensors only: pickled code is never run. The key
+report (mapped / ignored / unmapped / missing keys, position embeddings) is printed. The output is written to
+a temporary path beside it and moved into place at the end, so a failed or killed conversion leaves nothing
+half-written; an existing non-empty output is refused (before the input is read) unless --overwrite.
+"""
+FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def config_flag(value: str):
+    """`--config`: a preset name, a JSON file of config fields, or an inline JSON object (argparse type)."""
+    if value in PRESETS:
+        return value
+    if os.path.isfile(value):
+        return _read_json_file(value, "--config")
+    if value.lstrip().startswith("{"):
+        try:
+            fields = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {value!r}") from None
+        if not isinstance(fields, dict):
+            raise argparse.ArgumentTypeError(f"a JSON object of config fields expected, got {value!r}")
+        return fields
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a preset ({', '.join(PRESETS)}), a JSON file nor a "
+                                     f"JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert MAE / ViT checkpoints (official .pth, timm, transformers ViTMAE/ViT, hf_mae) to "
+                    "hf_mae, official, timm or transformers layout, with a key report.",
+        epilog=CLI_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input",
+                        help="checkpoint file (.pth/.pt/.bin/.safetensors) or save_pretrained folder")
+    parser.add_argument("output",
+                        help="output: a folder for --to hf_mae (and for --to transformers without a file "
+                             "suffix), else a .safetensors or .pth/.pt/.bin file")
+    parser.add_argument("--to", choices=["hf_mae", "official", "timm", "transformers"], default="hf_mae",
+                        help="target layout (default hf_mae): hf_mae (save_pretrained folder + image "
+                             "processor), official (facebookresearch/mae names, decoder included; .pth files are "
+                             "wrapped as {'model': ...}), timm (encoder only, timm/detectron2/mmseg ViT names) or "
+                             "transformers (ViTMAEForPreTraining / ViTModel 5.x names; a folder output is a "
+                             "save_pretrained folder)")
+    parser.add_argument("--config", type=config_flag, default=None,
+                        help=f"architecture: a preset name ({', '.join(PRESETS)}), or a JSON file or JSON "
+                             "string of config fields applied over what is inferred from the weights (e.g. "
+                             "'{\"num_attention_heads\": 8}': heads are not stored in weights). Unset: "
+                             "everything is inferred from tensor shapes (or read from the input folder's "
+                             "config.json)")
+    parser.add_argument("--allow_unknown_keys", action="store_true",
+                        help="load with strict=False: unknown keys are skipped and missing ones keep their "
+                             "initial values (both listed in the report) instead of stopping with an error")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty output (otherwise the conversion stops before "
+                             "reading the input); the old output is removed only once the new one is complete")
+    parser.add_argument("--verbose", action="store_true",
+                        help="list every key in the report, not the first few")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def _is_non_empty(path: str) -> bool:
+    if os.path.isdir(path):
+        return bool(os.listdir(path))
+    return os.path.lexists(path) and (os.path.islink(path) or os.path.getsize(path) > 0)
+
+
+def _check_output(args) -> str:
+    """The output kind ("folder" or a suffix), after refusing paths that would be lost or ambiguous."""
+    output, source = os.path.realpath(args.output), os.path.realpath(args.input)
+    if source == output:
+        raise ConversionError(f"input and output are the same path ({args.output}): give a new output")
+    if os.path.isdir(output) and os.path.commonpath([source, output]) == output:
+        raise ConversionError(f"the input {args.input} is inside the output folder {args.output}: replacing "
+                              f"the output would delete the input; give another output")
+    if _is_non_empty(output) and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists and is not empty; pass --overwrite to replace it (it is "
+                              f"removed only once the new output is complete)")
+    suffix = os.path.splitext(output)[1].lower()
+    if args.to == "hf_mae":
+        if suffix in FILE_SUFFIXES:
+            raise ConversionError(
+                f"--to hf_mae writes a save_pretrained folder; {args.output} looks like a file")
+        return "folder"
+    if suffix in FILE_SUFFIXES:
+        return suffix
+    if args.to == "transformers":
+        return "folder"
+    raise ConversionError(f"--to {args.to} writes a single file: give the output a .safetensors or "
+                          f".pth/.pt/.bin suffix (got {args.output})")
+
+
+def _write(model, config, args, kind: str, temp: str) -> None:
+    """Write the converted checkpoint to `temp` (a folder or a file)."""
+    if args.to == "hf_mae":
+        model.save_pretrained(temp)
+        MAEImageProcessor.for_config(config).save_pretrained(temp)
+    elif kind == "folder":  # transformers save_pretrained folder
+        to_transformers(model).save_pretrained(temp)
+    else:
+        state = export_state_dict(model, args.to)
+        if kind == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, temp,
+                      metadata={"format": "pt", "layout": args.to})
+        else:
+            torch.save({"model": state} if args.to == "official" else state, temp)
+
+
+def _move_into_place(temp: str, output: str) -> None:
+    """os.replace, after setting aside an existing output (only reachable with --overwrite)."""
+    old = None
+    if os.path.lexists(output) and (not os.path.isdir(output) or os.listdir(output)
+                                    or os.path.isdir(temp) != os.path.isdir(output)):
+        old = f"{output}.old-{os.getpid()}"
+        os.replace(output, old)
+    try:
+        os.replace(temp, output)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is None:
+        return
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old)
+    else:
+        os.remove(old)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Convert `args.input` to `args.output`; returns the exit status (0 done, 1 refused or failed)."""
+    try:
+        kind = _check_output(args)
+        model, report = load_any(args.input, config=args.config, strict=not args.allow_unknown_keys)
+    except (ConversionError, FileExistsError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.format(max_keys=None if args.verbose else 8))
+    output = os.path.abspath(args.output)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would stay on the output folder
+    try:
+        temp = temp_dir if kind == "folder" else os.path.join(temp_dir, os.path.basename(output))
+        _write(model, report.config, args, kind, temp)
+        if kind == "folder":
+            _move_into_place(temp_dir, output)
+            temp_dir = None
+        else:
+            _move_into_place(temp, output)
+    finally:
+        if temp_dir is not None and os.path.isdir(temp_dir):
+            shutil.rmtree(temp_dir)
+    what = report.model_class
+    if args.to == "timm" and what == "MAEForPreTraining":
+        what = "encoder only: the timm layout has no decoder"
+    print(f"wrote {args.to} checkpoint ({what}) to {args.output}")
+    return 0
+
+
+__all__ = ["load_any", "export_state_dict", "fold_batchnorm", "infer_config", "resample_position_embeddings",
            "ConversionReport", "ConversionError", "EXPORT_LAYOUTS", "from_transformers", "to_transformers",
-           "config_from_transformers", "config_to_transformers"]
+           "config_from_transformers", "config_to_transformers", "build_parser", "parse_args", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

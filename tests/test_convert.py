@@ -3,9 +3,11 @@ without the official code, resolution handling, bad input, and the convert_check
 
 import argparse
 import os
+import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +23,19 @@ from transformers import (
 )
 
 from hf_mae import PRESETS, MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+from hf_mae import convert as convert_module
 from hf_mae.convert import ConversionError, export_state_dict, infer_config, load_any
+from hf_mae.convert import main as convert_main
+from hf_mae.convert import parse_args as convert_args
 from hf_mae.modeling_mae import sincos_pos_embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import convert_checkpoint  # noqa: E402
+
+
+def run_convert(argv: list[str]) -> int:
+    """`python scripts/convert_checkpoint.py ARGV` in this process; the exit status."""
+    return convert_main(convert_args(argv))
+
 
 HEADS = {"num_attention_heads": 2, "decoder_num_attention_heads": 2}  # heads are not stored in weights
 ARCH_FIELDS = ["image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
@@ -295,7 +304,7 @@ def test_bad_files_raise_clear_errors_and_the_script_writes_nothing(tmp_path, ca
         with pytest.raises(ConversionError, match=message):
             load_any(path)
         out = tmp_path / "out" / name
-        assert convert_checkpoint.main([str(path), str(out)]) == 1
+        assert run_convert([str(path), str(out)]) == 1
         assert message in capsys.readouterr().err, name
         assert not out.exists(), name
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # no temporary leftovers
@@ -314,10 +323,10 @@ def test_unknown_keys_are_refused_unless_allowed(tmp_path, capsys):
 
     path, out = tmp_path / "extra.safetensors", tmp_path / "out"
     save_file(state, path)
-    assert convert_checkpoint.main([str(path), str(out)]) == 1
+    assert run_convert([str(path), str(out)]) == 1
     assert "--allow_unknown_keys" in capsys.readouterr().err and not out.exists()
     heads = '{"num_attention_heads": 2}'
-    assert convert_checkpoint.main([str(path), str(out), "--allow_unknown_keys", "--config", heads]) == 0
+    assert run_convert([str(path), str(out), "--allow_unknown_keys", "--config", heads]) == 0
     printed = capsys.readouterr().out
     assert "unmapped: 7" in printed and (out / "model.safetensors").exists()
 
@@ -361,7 +370,7 @@ def test_script_writes_loadable_folders_and_files(tmp_path, capsys):
     folder = tmp_path / "hf"
     config_json = tmp_path / "heads.json"
     config_json.write_text('{"num_attention_heads": 2, "decoder_num_attention_heads": 2}')
-    assert convert_checkpoint.main([str(source), str(folder), "--config", str(config_json)]) == 0
+    assert run_convert([str(source), str(folder), "--config", str(config_json)]) == 0
     assert "layout:   official (encoder + decoder)" in capsys.readouterr().out
     loaded = AutoModelForPreTraining.from_pretrained(folder).eval()
     assert_same_state(model.state_dict(), loaded.state_dict())
@@ -370,7 +379,7 @@ def test_script_writes_loadable_folders_and_files(tmp_path, capsys):
 
     for to, name in [("timm", "vit.safetensors"), ("official", "mae.pth"), ("transformers", "vitmae")]:
         out = tmp_path / name
-        assert convert_checkpoint.main([str(folder), str(out), "--to", to]) == 0
+        assert run_convert([str(folder), str(out), "--to", to]) == 0
         back, _ = load_any(out, config=HEADS)
         expected = model.encoder if to == "timm" else model
         assert_same_state(expected.state_dict(), back.state_dict())
@@ -384,11 +393,11 @@ def test_script_never_overwrites_without_flag(tmp_path, capsys):
     save_file(export_state_dict(MAEModel(tiny_config()), "timm"), source)
     out = tmp_path / "out.pth"
     out.write_bytes(b"precious")
-    assert convert_checkpoint.main([str(source), str(out), "--to", "official"]) == 1
+    assert run_convert([str(source), str(out), "--to", "official"]) == 1
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
-    assert convert_checkpoint.main([str(source), str(out), "--to", "official", "--overwrite"]) == 0
+    assert run_convert([str(source), str(out), "--to", "official", "--overwrite"]) == 0
     assert "cls_token" in torch.load(out, weights_only=True)["model"]
-    assert convert_checkpoint.main([str(source), str(tmp_path / "x.npz"), "--to", "timm"]) == 1
+    assert run_convert([str(source), str(tmp_path / "x.npz"), "--to", "timm"]) == 1
     assert ".safetensors or" in capsys.readouterr().err
 
 
@@ -400,3 +409,143 @@ def test_script_help_documents_every_flag():
     for flag in ("--to", "--config", "--allow_unknown_keys", "--overwrite", "--verbose", "input", "output"):
         assert flag in result.stdout
     assert "hf_mae,official,timm,transformers" in result.stdout.replace(" ", "")
+    assert "examples:" in result.stdout and "scripts/convert_checkpoint.py mae_pretrain_vit_base.pth" in result.stdout
+
+
+# --- anything that is not a checkpoint: ConversionError naming the path and what it is ---------------------
+
+def _not_checkpoints(tmp_path) -> dict:
+    """name -> (path, words the error must hold): files a user may pass by mistake."""
+    save_file(export_state_dict(MAEModel(tiny_config()), "timm"), tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    cases = {}
+
+    def case(name, content, words):
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        cases[name] = (path, words)
+
+    case("random.bin", bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                         dtype=torch.uint8).tolist()), "not a checkpoint: unrecognised binary")
+    case("random.pth", b"\x13\x37" + bytes(range(256)) * 4, "not a checkpoint: unrecognised binary")
+    case("empty.safetensors", b"", "is empty")
+    case("notes.txt", "step 1 loss 0.9\nstep 2 loss 0.8\n", "not a checkpoint: a text file")
+    case("config.json", '{"model_type": "hf_mae", "hidden_size": 32}', "not a checkpoint: a JSON or text file")
+    case("model.pth", "{\"looks\": \"like json\"}", "not a checkpoint: a JSON or text file")
+    case("half.safetensors", data[: len(data) // 2], "truncated or corrupt")
+    case("half_no_suffix", data[: len(data) // 3], "truncated or corrupt")
+    case("list.pkl", pickle.dumps([1, 2, 3], protocol=4), "cannot read")
+    case("string.pth", pickle.dumps("a string", protocol=2), "not a readable PyTorch checkpoint")
+    torch.save([torch.zeros(1)], tmp_path / "tensor_list.pth")
+    cases["tensor_list.pth"] = (tmp_path / "tensor_list.pth", "not a state dict")
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    (folder / "config.json").write_text(MAEConfig(**tiny_config().to_dict()).to_json_string())
+    cases["no_weights"] = (folder, "holds no model.safetensors")
+    bad_config = tmp_path / "bad_config"
+    bad_config.mkdir()
+    (bad_config / "config.json").write_text('{"model_type": "hf_mae", ')  # a save killed mid-write
+    (bad_config / "model.safetensors").write_bytes(data)
+    cases["bad_config"] = (bad_config, "is not readable JSON")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"cls_token": "model-00001-of-00002.safetensors"}}')
+    cases["sharded"] = (sharded, "lists the shard model-00001-of-00002.safetensors, which is missing")
+    return cases
+
+
+def test_anything_that_is_not_a_checkpoint_raises_conversion_error(tmp_path, capsys):
+    """`convert_checkpoint.py notes.txt out` (and every other non-checkpoint): a ConversionError that names the
+    path and says what the file is; exit status 1; nothing written. (A random file gave a raw IndexError.)"""
+    for name, (path, words) in _not_checkpoints(tmp_path).items():
+        with pytest.raises(ConversionError) as info:
+            load_any(path)
+        message = str(info.value)
+        assert str(path) in message and words in message, (name, message)
+        out = tmp_path / "out" / name.replace(".", "_")
+        assert run_convert([str(path), str(out)]) == 1, name
+        assert words in capsys.readouterr().err, name
+        assert not out.exists(), name
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_bad_config_flag_is_named_at_parse_time(tmp_path, capsys):
+    for value in ("{not json", "[1, 2]", "mae-vit-gigantic", str(tmp_path / "missing.json")):
+        with pytest.raises(SystemExit) as info:
+            convert_args(["in.pth", "out", "--config", value])
+        assert info.value.code == 2
+        assert "argument --config" in capsys.readouterr().err, value
+
+
+def test_overwrite_never_deletes_the_input_and_a_failed_write_keeps_the_old_output(tmp_path, capsys,
+                                                                                   monkeypatch):
+    """`convert_checkpoint.py out/model.pth out --overwrite` would replace the folder holding its own input:
+    refused. A conversion that dies while writing (--overwrite) leaves the previous output as it was and no
+    temporary files."""
+    out = tmp_path / "out"
+    out.mkdir()
+    source = out / "timm.safetensors"
+    save_file(export_state_dict(MAEModel(tiny_config()), "timm"), source)
+    before = source.read_bytes()
+    assert run_convert([str(source), str(out), "--overwrite", "--config", '{"num_attention_heads": 2}']) == 1
+    assert "inside the output folder" in capsys.readouterr().err and source.read_bytes() == before
+
+    target = tmp_path / "hf"
+    assert run_convert([str(source), str(target), "--config", '{"num_attention_heads": 2}']) == 0
+    state = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def dies_midway(model, config, args, kind, temp):
+        os.makedirs(temp, exist_ok=True)
+        (Path(temp) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt  # as a Ctrl-C or a kill would stop it
+
+    monkeypatch.setattr(convert_module, "_write", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_convert([str(source), str(target), "--overwrite", "--config", '{"num_attention_heads": 2}'])
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == state
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # no temporary leftovers
+
+
+def test_fold_batchnorm_is_the_one_implementation():
+    """One BatchNorm-into-Linear fold, in convert.py, used by the Hub's stock-ViT export and the ONNX wrapper."""
+    from hf_mae import export, hub
+    from hf_mae.convert import fold_batchnorm
+
+    assert hub.fold_batchnorm is fold_batchnorm and export.fold_batchnorm is fold_batchnorm
+    torch.manual_seed(0)
+    x = torch.randn(7, 8)
+    head = torch.nn.Linear(8, 3)
+    for affine in (False, True):
+        norm = torch.nn.BatchNorm1d(8, affine=affine, eps=1e-6).eval()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.1, 3)
+        if affine:
+            norm.weight.data.normal_()
+            norm.bias.data.normal_()
+        folded = fold_batchnorm(norm, head)
+        assert isinstance(folded, torch.nn.Linear) and folded.weight.requires_grad
+        torch.testing.assert_close(folded(x), head(norm(x)), atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="BatchNorm"):
+        fold_batchnorm(torch.nn.LayerNorm(8), head)
+
+
+def test_from_transformers_goes_through_load_any(tmp_path, monkeypatch):
+    theirs = transformers_mae(tmp_path)
+    calls = []
+    original = convert_module.load_any
+    monkeypatch.setattr(convert_module, "load_any", lambda *a, **k: calls.append(a) or original(*a, **k))
+    ours = convert_module.from_transformers(theirs)
+    assert len(calls) == 1 and calls[0][0] is theirs
+    assert_same_pretraining_outputs(theirs, ours)
+
+
+def test_module_cli_runs_from_anywhere(tmp_path):
+    """`python -m hf_mae.convert` works outside the repository (no scripts/ folder, no sys.path edits)."""
+    result = subprocess.run([sys.executable, "-m", "hf_mae.convert", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "examples:" in result.stdout and "--overwrite" in result.stdout
