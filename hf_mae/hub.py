@@ -29,14 +29,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from transformers import ViTForImageClassification
 
 from .configuration_mae import MAEConfig
-from .convert import to_transformers
+from .convert import fold_batchnorm, to_transformers
 from .image_processing_mae import MAEImageProcessor
 from .modeling_mae import AUTO_MAP, MAEForImageClassification, MAEForPreTraining, MAEModel
 
@@ -205,7 +204,7 @@ def vit_classifier_from_mae(model: MAEForImageClassification) -> ViTForImageClas
 
     `ViTForImageClassification` classifies the CLS token after the final LayerNorm. A linear probe (CLS
     after the final norm -> BatchNorm without affine -> Linear) maps exactly: the eval-mode BatchNorm folds
-    into the Linear layer, W' = W / sqrt(var + eps), b' = b - W' @ mean. A fine-tuned CLS classifier
+    into the Linear layer (`convert.fold_batchnorm`). A fine-tuned CLS classifier
     (pre-norm CLS -> fc_norm -> Linear) maps by using fc_norm as the final LayerNorm. Mean pooling cannot be
     expressed: ValueError.
     """
@@ -221,19 +220,13 @@ def vit_classifier_from_mae(model: MAEForImageClassification) -> ViTForImageClas
     vit_config.architectures = ["ViTForImageClassification"]
     classifier = ViTForImageClassification(vit_config).eval()
     classifier.vit.load_state_dict(encoder.state_dict(), strict=True)
-    weight = model.head.weight.detach().double()
-    bias = model.head.bias.detach().double()
     if config.classifier_head == "linear_probe":
-        norm = model.fc_norm
-        scale = (norm.running_var.double() + norm.eps).rsqrt()
-        weight = weight * scale  # (num_labels, D) * (D,)
-        bias = bias - weight @ norm.running_mean.double()
+        head = fold_batchnorm(model.fc_norm, model.head)
     else:
+        head = model.head
         classifier.vit.layernorm.load_state_dict(model.fc_norm.state_dict())
         classifier.vit.layernorm.eps = model.fc_norm.eps
-    with torch.no_grad():
-        classifier.classifier.weight.copy_(weight.float())
-        classifier.classifier.bias.copy_(bias.float())
+    classifier.classifier.load_state_dict(head.state_dict())
     return classifier
 
 
