@@ -17,7 +17,7 @@ def run(args, tmp_path):
 
 
 def test_cpu_benchmark_small_training_step(tmp_path):
-    results, stdout = run(["scripts/benchmark.py", "--case", "train_small", "--rounds", "1", "--repeats", "1",
+    results, stdout = run(["benchmarks/benchmark.py", "--case", "train_small", "--rounds", "1", "--repeats", "1",
                            "--warmup", "0"], tmp_path)
     case = results["cases"]["train_small"]
     assert case["hf_mae_s"] > 0 and case["transformers_s"] > 0 and case["speedup"] > 0
@@ -25,7 +25,7 @@ def test_cpu_benchmark_small_training_step(tmp_path):
 
 
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
-    results, stdout = run(["scripts/benchmark_gpu.py", "--dry_run", "--no_compile", "--rounds", "1", "--repeats", "1",
+    results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--rounds", "1", "--repeats", "1",
                            "--warmup", "1"], tmp_path)
     variants = results["variants"]
     assert set(variants) == {"hf_mae", "transformers_bf16", "transformers_defaults"}
@@ -34,24 +34,21 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
 
 
 def test_gpu_benchmark_refuses_without_a_gpu():
-    proc = subprocess.run([sys.executable, "scripts/benchmark_gpu.py"], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "benchmarks/benchmark_gpu.py"], cwd=REPO, capture_output=True, text=True,
                           env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=300)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
 def test_gpu_benchmark_deadline_drops_optional_variants_only(tmp_path):
-    results, stdout = run(["scripts/benchmark_gpu.py", "--dry_run", "--no_compile", "--sdpa_backends", "MATH",
+    results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--sdpa_backends", "MATH",
                            "--deadline_s", "0.001", "--rounds", "1", "--repeats", "1", "--warmup", "1"], tmp_path)
     assert set(results["variants"]) == {"hf_mae", "transformers_bf16"}  # the baselines are never dropped
     assert "warm-up hf_mae_math FAILED, dropped: TimeoutError" in stdout
 
 
 def load_gpu_benchmark():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import benchmark_gpu
-    finally:
-        sys.path.pop(0)
+    import benchmark_gpu  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+
     return benchmark_gpu
 
 

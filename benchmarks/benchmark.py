@@ -14,7 +14,7 @@ AdamW, fused qkv, matmul+softmax attention for bf16 training on CPU, freed memor
 hf_mae.allocator); "transformers" at its defaults (fp32, sdpa, torch's default AdamW). `--equal` runs both
 in the same precision with the same optimizer implementation and the same allocator settings.
 
-    python scripts/benchmark.py --case all --rounds 5 --json outputs/bench.json --markdown BENCHMARKS.md
+    python benchmarks/benchmark.py --case all --rounds 5 --json outputs/bench.json --markdown BENCHMARKS.md
 """
 
 import argparse
@@ -333,7 +333,7 @@ def main(argv=None) -> dict:
         elif case == "memory":
             results["cases"][case] = bench_memory(args, device)
         print(json.dumps(results["cases"][case], indent=1), flush=True)
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = markdown(results, command)
     print(table)
     if args.json:
