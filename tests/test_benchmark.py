@@ -25,8 +25,8 @@ def test_cpu_benchmark_small_training_step(tmp_path):
 
 
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
-    results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--rounds", "1", "--repeats", "1",
-                           "--warmup", "1"], tmp_path)
+    results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--rounds", "1", "--repeats",
+                           "1", "--warmup", "1"], tmp_path)
     variants = results["variants"]
     assert set(variants) == {"hf_mae", "transformers_bf16", "transformers_defaults"}
     assert variants["hf_mae"]["images_per_s"] > 0 and variants["hf_mae"]["mfu"] is None  # no peak known on a CPU
