@@ -61,3 +61,66 @@ def test_saved_folder_loads_without_hf_mae(tmp_path):
     expected = model(pixels, noise=torch.linspace(0, 1, 16).expand(2, 16)).logits.sum().item()
     assert abs(result["logits"] - expected) < 1e-3
     assert abs(result["features"] - model.encoder(pixels).last_hidden_state.sum().item()) < 1e-3
+
+
+PROMPT_CHILD = textwrap.dedent("""
+    import sys, time
+    import hf_mae  # installed: its own classes, never a remote-code question
+    from transformers import (AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel,
+                              AutoModelForImageClassification, AutoModelForPreTraining, AutoProcessor, pipeline)
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+    folder = sys.argv[1]
+    start = time.time()
+    loaded = [type(AutoConfig.from_pretrained(folder)), type(AutoModel.from_pretrained(folder)),
+              type(AutoModelForPreTraining.from_pretrained(folder)),
+              type(AutoModelForImageClassification.from_pretrained(folder, num_labels=2)),
+              type(AutoBackbone.from_pretrained(folder, out_indices=[1, 2])),
+              type(AutoImageProcessor.from_pretrained(folder)),
+              type(AutoImageProcessor.from_pretrained(folder, backend="torchvision")),
+              type(AutoProcessor.from_pretrained(folder))]
+    try:
+        AutoVideoProcessor.from_pretrained(folder)
+    except (ValueError, ImportError):
+        pass  # no video processor for an image model: an error, at once
+    features = pipeline("image-feature-extraction", folder)
+    classifier = pipeline("image-classification", folder)
+    print("LOADED", [c.__name__ for c in loaded], type(features.model).__name__, type(classifier.model).__name__)
+    print("SECONDS", time.time() - start)
+""")
+
+
+def test_installed_hf_mae_loads_its_folders_without_a_prompt_in_a_terminal(tmp_path):
+    """transformers asks "Do you wish to run the custom code? [y/N]" (and waits 15 s) only where stdin is a
+    terminal: run the loads under a pseudo-terminal, as a user at a shell would."""
+    import pty
+    import select
+    import time
+
+    folder = tmp_path / "checkpoint"
+    MAEForPreTraining(tiny_config()).save_pretrained(folder)
+    MAEImageProcessor.for_config(tiny_config()).save_pretrained(folder)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    started = time.time()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: python with its stdin, stdout and stderr on the terminal
+        os.execvpe(sys.executable, [sys.executable, "-c", PROMPT_CHILD, str(folder)], env)
+    output = b""
+    while time.time() - started < 120:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-3000:]
+    assert "Do you wish to run the custom code" not in text and "[y/N]" not in text
+    assert "LOADED ['MAEConfig', 'MAEModel', 'MAEForPreTraining', 'MAEForImageClassification', 'MAEBackbone', " \
+           "'MAEImageProcessor', 'MAEImageProcessorFast', 'MAEImageProcessor'] MAEModel MAEForImageClassification" \
+           in text, text[-3000:]
+    seconds = float(text.split("SECONDS", 1)[1].split()[0])
+    assert seconds < 10, seconds  # the prompt alone waited 15 s
