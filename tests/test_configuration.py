@@ -62,3 +62,43 @@ def test_preset_values_and_overrides():
     assert MAEConfig.from_preset("mae-vit-large-patch16").decoder_num_hidden_layers == 8
     with pytest.raises(ValueError, match="unknown preset"):
         MAEConfig.from_preset("mae-vit-gigantic")
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"hidden_size": -32}, "hidden_size"),
+    ({"hidden_size": 0}, "hidden_size"),
+    ({"intermediate_size": -1}, "intermediate_size"),
+    ({"intermediate_size": 0}, "intermediate_size"),
+    ({"decoder_hidden_size": -16}, "decoder_hidden_size"),
+    ({"decoder_intermediate_size": -4}, "decoder_intermediate_size"),
+    ({"initializer_range": -0.02}, "initializer_range"),
+    ({"initializer_range": 0.0}, "initializer_range"),
+    ({"initializer_range": float("nan")}, "initializer_range"),
+    ({"initializer_range": float("inf")}, "initializer_range"),
+    ({"layer_norm_eps": -1}, "layer_norm_eps"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+    ({"layer_norm_eps": float("nan")}, "layer_norm_eps"),
+    ({"num_hidden_layers": -1}, "num_hidden_layers"),
+    ({"decoder_num_hidden_layers": -1}, "decoder_num_hidden_layers"),
+    ({"num_attention_heads": 0}, "num_attention_heads"),
+    ({"mask_ratio": float("nan")}, "mask_ratio"),
+    ({"eval_mask_seed": -1}, "eval_mask_seed"),
+    ({"add_fpn": True}, "out_indices"),
+    ({"out_indices": [3, 13]}, "out_indices"),
+    ({"out_features": ["stage99"]}, "out_features"),
+])
+def test_every_size_eps_and_init_field_is_checked(fields, named):
+    with pytest.raises(ValueError, match=named):
+        MAEConfig(**fields)
+
+
+def test_zero_depth_and_backbone_fields_round_trip(tmp_path):
+    assert MAEConfig(num_hidden_layers=0, decoder_num_hidden_layers=0).stage_names == ["stem"]
+    config = MAEConfig(num_hidden_layers=4, out_indices=[1, 2, 3, 4], add_fpn=True, eval_mask_seed=None)
+    config.save_pretrained(tmp_path)
+    loaded = MAEConfig.from_pretrained(tmp_path)
+    assert loaded.out_features == ["stage1", "stage2", "stage3", "stage4"] and loaded.add_fpn
+    assert loaded.eval_mask_seed is None
+    MAEConfig(num_hidden_layers=4).save_pretrained(tmp_path / "plain")
+    overridden = MAEConfig.from_pretrained(tmp_path / "plain", out_indices=[2, 3, 4])  # AutoBackbone's path
+    assert overridden.out_features == ["stage2", "stage3", "stage4"]

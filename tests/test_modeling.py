@@ -250,3 +250,43 @@ def test_linear_probe_stays_frozen_after_loading(config, tmp_path):
     loaded = MAEForImageClassification.from_pretrained(tmp_path)
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
     assert loaded.head.weight.requires_grad
+
+
+def test_bad_inputs_are_named(config):
+    model = MAEForPreTraining(config)
+    encoder = model.encoder
+    with pytest.raises(ValueError, match="empty batch"):
+        model(torch.randn(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="empty batch"):
+        encoder(torch.randn(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="floating point.*uint8"):
+        model(torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="mask_ratio must be in"):
+        encoder(torch.randn(2, 3, 16, 16), mask_ratio=-0.1)
+    with pytest.raises(ValueError, match="mask_ratio must be in"):
+        encoder(torch.randn(2, 3, 16, 16), mask_ratio=1.0)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(torch.randn(2, 3, 16, 16), mask_ratio=float("nan"))
+    with pytest.raises(ValueError, match="noise must have shape"):
+        model(torch.randn(2, 3, 16, 16), noise=torch.rand(2, 15))
+    with pytest.raises(ValueError, match="noise holds NaN"):
+        model(torch.randn(2, 3, 16, 16), noise=torch.full((2, 16), float("nan")))
+    with pytest.raises(ValueError, match="noise holds NaN"):
+        encoder(torch.randn(2, 3, 16, 16), noise=torch.full((2, 16), float("inf")))
+    with pytest.raises(ValueError, match="noise must be a floating-point"):
+        model(torch.randn(2, 3, 16, 16), noise=torch.ones(2, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty batch"):
+        MAEForImageClassification(tiny_config(num_labels=2))(torch.randn(0, 3, 16, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_are_cast_to_the_model_dtype(config, dtype):
+    model = MAEForPreTraining(config).eval()
+    pixels, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    reference = model(pixels.to(dtype).float(), noise=noise)
+    out = model(pixels.to(dtype), noise=noise)
+    assert out.logits.dtype == torch.float32 and torch.equal(out.logits, reference.logits)
+    features = model.encoder(pixels.to(dtype)).last_hidden_state
+    assert features.dtype == torch.float32
+    classifier = MAEForImageClassification(tiny_config(num_labels=2)).eval()
+    assert classifier(pixels.to(dtype)).logits.dtype == torch.float32
