@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -445,10 +446,11 @@ def _upload_folder(folder, repo_id: str, *, commit_message: str | None = None,
     write stays as it is."""
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    ignore = None
-    if api.file_exists(repo_id, "README.md", revision=revision):
-        if not is_auto_model_card(api.hf_hub_download(repo_id, "README.md", revision=revision)):
-            ignore = ["README.md"]
+    try:
+        remote_card = api.hf_hub_download(repo_id, "README.md", revision=revision)
+    except (HfHubHTTPError, EntryNotFoundError):  # no card there yet (or none readable): ours goes up
+        remote_card = None
+    ignore = ["README.md"] if remote_card is not None and not is_auto_model_card(remote_card) else None
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
                              commit_message=commit_message or "Upload model (hf_mae)",
                              commit_description=commit_description, ignore_patterns=ignore)
