@@ -220,6 +220,10 @@ def load_classifier(name_or_path: str, *, classifier_head: str, num_labels: int,
         processor = MAEImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):
         processor = MAEImageProcessor.for_config(config)
+    try:
+        processor.check_matches(config)
+    except ValueError as error:
+        raise ValueError(f"{name_or_path}: {error}") from None
     return model, processor, note
 
 

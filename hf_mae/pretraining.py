@@ -157,6 +157,7 @@ def build_model(args) -> tuple[MAEForPreTraining, MAEImageProcessor]:
             processor = MAEImageProcessor.from_pretrained(args.init_from)
         except OSError:
             processor = MAEImageProcessor.for_config(model.config)
+        processor.check_matches(model.config)  # the pictures and the kNN monitor go through it
         return model, processor
     if args.model_config:
         try:

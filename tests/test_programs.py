@@ -315,3 +315,14 @@ def test_missing_or_empty_data_is_an_error_naming_the_path(root, tmp_path, flag)
         (tmp_path / "empty_data").mkdir()
         with pytest.raises(DatasetLoadError, match="empty_data holds no files"):
             run("pretrain", root, tmp_path / "b", data=[flag, str(tmp_path / "empty_data")])
+
+
+def test_a_processor_that_disagrees_with_its_model_is_named(root, tmp_path):
+    from hf_mae import MAEImageProcessor
+
+    folder = save_tiny_checkpoint(tmp_path / "mismatch", seed=0)
+    MAEImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)  # 32 px, the model takes 16
+    with pytest.raises(ValueError, match="mismatch.*processor outputs 32x32 pixels, the model takes 16x16"):
+        run("knn", root, tmp_path / "knn", "--model", str(folder))
+    with pytest.raises(ValueError, match="processor outputs 32x32 pixels, the model takes 16x16"):
+        run("pretrain", root, tmp_path / "pre", "--init_from", str(folder))
