@@ -228,31 +228,12 @@ class MAEImageProcessor(PilBackend):
     @property
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) of every output, or None when it follows the input (resize by edge, no crop)."""
-        if self.do_center_crop and self.crop_size:
-            return self.crop_size["height"], self.crop_size["width"]
-        if self.do_resize and self.size and "height" in self.size:
-            return self.size["height"], self.size["width"]
-        return None
+        return _output_size(self)
 
     def check_matches(self, config) -> None:
-        """Raise a ValueError naming both sides when this processor's output does not fit the model of `config`
-        (an `MAEConfig`): output height x width vs `image_size`, channels vs `num_channels`, patch size."""
-        model_hw = tuple(config.image_hw)
-        problems = []
-        if self.output_size is None:
-            problems.append(f"the processor's output size follows the input (size={self.size}, "
-                            f"do_center_crop={self.do_center_crop}), the model takes {model_hw[0]}x{model_hw[1]}")
-        elif tuple(self.output_size) != model_hw:
-            problems.append(f"the processor outputs {self.output_size[0]}x{self.output_size[1]} pixels, the model "
-                            f"takes {model_hw[0]}x{model_hw[1]} (image_size={config.image_size})")
-        if self.num_channels != config.num_channels:
-            problems.append(f"the processor outputs {self.num_channels} channel(s), the model takes "
-                            f"{config.num_channels} (num_channels)")
-        if self.patch_size != config.patch_size:
-            problems.append(f"the processor's patch_size is {self.patch_size}, the model's {config.patch_size}")
-        if problems:
-            raise ValueError("image processor and model disagree: " + "; ".join(problems) +
-                             ". Build a matching processor with MAEImageProcessor.for_config(config).")
+        """Raise a ValueError naming both sides when this processor's output does not fit the model of
+        `config`; see `check_processor_matches`."""
+        check_processor_matches(self, config)
 
     # --- patch normalisation (targets and inverse) -------------------------------------------------------
     def patchify(self, pixel_values) -> torch.Tensor:
@@ -319,6 +300,44 @@ class MAEImageProcessor(PilBackend):
         return images.clamp(0, 1)
 
 
+def _output_size(processor) -> tuple[int, int] | None:
+    """(height, width) of every output of a transformers image processor, or None when it follows the input."""
+    crop, size = getattr(processor, "crop_size", None), getattr(processor, "size", None)
+    if getattr(processor, "do_center_crop", False) and crop:
+        return crop["height"], crop["width"]
+    if getattr(processor, "do_resize", False) and size and "height" in size:
+        return size["height"], size["width"]
+    return None
+
+
+def check_processor_matches(processor, config) -> None:
+    """Raise a ValueError naming both sides when `processor` (an MAEImageProcessor, or any transformers image
+    processor, e.g. the ViTImageProcessor of a converted folder) does not produce what the model of `config`
+    (an MAEConfig) takes: output height x width vs `image_size`, channels vs `num_channels`, and, for an
+    MAEImageProcessor, its `patch_size` (used for targets and reconstructions)."""
+    model_hw = tuple(config.image_hw)
+    output = _output_size(processor)
+    channels = getattr(processor, "num_channels", None)
+    if channels is None and isinstance(getattr(processor, "image_mean", None), (list, tuple)):
+        channels = len(processor.image_mean)
+    problems = []
+    if output is None:
+        problems.append(f"the processor's output size follows the input (size={processor.size}, do_center_crop="
+                        f"{getattr(processor, 'do_center_crop', None)}), the model takes {model_hw[0]}x{model_hw[1]}")
+    elif tuple(output) != model_hw:
+        problems.append(f"the processor outputs {output[0]}x{output[1]} pixels, the model takes "
+                        f"{model_hw[0]}x{model_hw[1]} (image_size={config.image_size})")
+    if channels is not None and channels != config.num_channels:
+        problems.append(f"the processor outputs {channels} channel(s), the model takes {config.num_channels} "
+                        f"(num_channels)")
+    patch = getattr(processor, "patch_size", None)
+    if isinstance(processor, MAEImageProcessor) and patch != config.patch_size:
+        problems.append(f"the processor's patch_size is {patch}, the model's {config.patch_size}")
+    if problems:
+        raise ValueError("image processor and model disagree: " + "; ".join(problems) +
+                         ". Build a matching processor with MAEImageProcessor.for_config(config).")
+
+
 class MAEImageProcessorFast(MAEImageProcessor):
     """The same processor with torch tensors (no torchvision needed): crop, rescale and normalise run
     batched, on any device (`device=`), and return tensors directly. The resize stays Pillow's, image by
@@ -363,6 +382,8 @@ class MAEImageProcessorFast(MAEImageProcessor):
     def to_dict(self):
         out = super().to_dict()
         out["image_processor_type"] = "MAEImageProcessor"
+        if "AutoImageProcessor" in out.get("auto_map", {}):
+            out["auto_map"] = {**out["auto_map"], "AutoImageProcessor": "image_processing_mae.MAEImageProcessor"}
         return out
 
 
@@ -378,5 +399,5 @@ def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top:top + height, left:left + width]
 
 
-__all__ = ["MAEImageProcessor", "MAEImageProcessorFast", "convert_image_mode", "to_channels_first", "patchify",
-           "unpatchify", "normalize_patches", "denormalize_patches"]
+__all__ = ["MAEImageProcessor", "MAEImageProcessorFast", "check_processor_matches", "convert_image_mode",
+           "to_channels_first", "patchify", "unpatchify", "normalize_patches", "denormalize_patches"]

@@ -174,3 +174,14 @@ def test_check_matches_names_both_sides():
         MAEImageProcessor.for_config(config, do_center_crop=False).check_matches(config)
     with pytest.raises(ValueError, match="patch_size is 16, the model's 4"):
         MAEImageProcessor.for_config(config, patch_size=16).check_matches(config)
+
+
+def test_check_works_for_any_transformers_processor():
+    from transformers import ViTImageProcessor
+
+    from hf_mae.image_processing_mae import check_processor_matches
+
+    config = MAEConfig(image_size=32, patch_size=4, hidden_size=32, num_attention_heads=2)
+    check_processor_matches(ViTImageProcessor(size={"height": 32, "width": 32}), config)
+    with pytest.raises(ValueError, match=r"outputs 224x224 pixels, the model takes 32x32"):
+        check_processor_matches(ViTImageProcessor(), config)

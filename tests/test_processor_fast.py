@@ -53,6 +53,7 @@ def test_auto_image_processor_use_fast_without_a_warning(tmp_path):
     fast.save_pretrained(tmp_path / "saved")  # saved as the one processor config, backend chosen at load
     saved = (tmp_path / "saved" / "preprocessor_config.json").read_text()
     assert '"image_processor_type": "MAEImageProcessor"' in saved
+    assert '"AutoImageProcessor": "image_processing_mae.MAEImageProcessor"' in saved
     image = Image.fromarray(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     torch.testing.assert_close(fast(image, return_tensors="pt")["pixel_values"],
                                pil(image, return_tensors="pt")["pixel_values"], atol=1e-5, rtol=0)
