@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -172,6 +173,20 @@ def _resume_command() -> str:
     return " ".join(shlex.quote(a) for a in ["accelerate", "launch", *argv, "--resume_from_checkpoint", "latest"])
 
 
+def _still_running(marker: dict) -> bool:
+    """Whether the process that marked the folder as running is alive on this machine."""
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or marker.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_output_dir(path, program: str, *, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
     """Refuse (OutputDirError, before any work) an output folder this run must not write into; see the
     module docstring for the rules. Reads only: safe on every process."""
@@ -191,6 +206,9 @@ def check_output_dir(path, program: str, *, overwrite: bool = False, resume: boo
     if marker is None and not owned:
         return out  # empty, or only files of the user's own
     owner, status = (marker or {}).get("program"), (marker or {}).get("status")
+    if status == "running" and _still_running(marker):
+        raise OutputDirError(f"{out} is being written by a {owner} run that is still going (process "
+                             f"{marker.get('pid')}). Wait for it, stop it, or pass another --output_dir.")
     if owner == program and status == "running":
         if resume or not (out / "checkpoints").is_dir():
             return out  # resumed, or a run that stopped before writing anything to resume from
@@ -216,7 +234,8 @@ def take_output_dir(out: Path, program: str, *, overwrite: bool) -> None:
         if overwrite:
             for entry in sorted(_owned_entries(out), key=lambda p: p.name != "checkpoints"):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        write_json_atomic(out / RUN_MARKER, {"program": program, "status": "running"})
+        write_json_atomic(out / RUN_MARKER, {"program": program, "status": "running", "pid": os.getpid(),
+                                             "host": socket.gethostname()})
     except OSError as error:
         raise OutputDirError(f"cannot write into --output_dir {out}: {error.strerror or error}. Pass a writable "
                              "--output_dir.") from None

@@ -326,3 +326,22 @@ def test_a_processor_that_disagrees_with_its_model_is_named(root, tmp_path):
         run("knn", root, tmp_path / "knn", "--model", str(folder))
     with pytest.raises(ValueError, match="processor outputs 32x32 pixels, the model takes 16x16"):
         run("pretrain", root, tmp_path / "pre", "--init_from", str(folder))
+
+
+def test_a_folder_another_live_run_is_writing_is_refused(root, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "hf_mae_run.json").write_text(json.dumps({"program": "kNN evaluation", "status": "running",
+                                                         "pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(OutputDirError, match="still going"):
+            run("knn", root, out)
+    finally:
+        other.kill()
+        other.wait()
+    assert run("knn", root, out)["num_eval"] == 8  # that run is gone and wrote no checkpoint: start afresh
