@@ -19,18 +19,23 @@ default. Failures raise `HubPushError`, whose message says what happened, that t
 untouched, and the exact command that retries the push.
 """
 
+import argparse
+import contextlib
 import json
 import logging
 import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import set_client_factory
 from safetensors import safe_open
 from transformers import ViTForImageClassification
 
@@ -38,6 +43,7 @@ from .configuration_mae import MAEConfig
 from .convert import fold_batchnorm, to_transformers
 from .image_processing_mae import MAEImageProcessor
 from .modeling_mae import AUTO_MAP, MAEForImageClassification, MAEForPreTraining, MAEModel
+from .runner import positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,16 @@ PIPELINE_TAGS = {"encoder": "image-feature-extraction", "pretraining": "image-fe
 DEFAULT_COMMIT_MESSAGES = {"encoder": "Upload MAE encoder", "probe": "Upload MAE linear probe",
                            "pretraining": "Upload MAE pretraining model (encoder + decoder)"}
 TEMPLATES_DIR = Path(__file__).resolve().parent / "model_cards"  # shipped as package data
-PUSH_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "push_to_hub.py"
+PUSH_COMMAND = ["python", "-m", "hf_mae.hub"]  # what `scripts/push_to_hub.py` runs; works after any install
+# Every Hub request gives up after TIMEOUT seconds without an answer (CONNECT_TIMEOUT to connect), and a push
+# whose request fails with a timeout, a network error or an HTTP 408 / 429 / 5xx is tried ATTEMPTS times in all,
+# RETRY_BACKOFF_S, 2x, 4x ... seconds apart. Override with push_to_hub(timeout=, attempts=), the CLI's --timeout
+# / --attempts, or the environment variables below (for the training programs' --push_to_hub).
+DEFAULT_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0
+DEFAULT_ATTEMPTS = 3
+RETRY_BACKOFF_S = 2.0
+TIMEOUT_ENV, ATTEMPTS_ENV = "HF_MAE_HUB_TIMEOUT", "HF_MAE_HUB_ATTEMPTS"
 _PRETRAINING_EXTRAS = ("training_args.json", "results.json", "log.jsonl")  # plus the PNG figures at the root
 _VIT_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
                        "rescale_factor", "do_normalize", "image_mean", "image_std")
@@ -100,10 +115,11 @@ def hub_endpoint() -> str:
 
 def retry_command(*, checkpoint=None, probe=None, encoder_repo=None, probe_repo=None, pretrain_repo=None,
                   format: str = "hf_mae", private: bool = False, revision: str | None = None,
-                  commit_message: str | None = None) -> str:
-    """The `scripts/push_to_hub.py` command line that repeats a push (absolute paths; never the token)."""
-    script = str(PUSH_SCRIPT) if PUSH_SCRIPT.is_file() else "scripts/push_to_hub.py"
-    args = ["python", script]
+                  commit_message: str | None = None, timeout: float | None = None,
+                  attempts: int | None = None) -> str:
+    """The `python -m hf_mae.hub` command line that repeats a push (absolute paths; never the token). It runs
+    wherever hf_mae is installed, from any folder."""
+    args = list(PUSH_COMMAND)
     for flag, value in (("--checkpoint", checkpoint), ("--probe", probe)):
         if value is not None:
             args += [flag, str(Path(value).resolve())]
@@ -119,10 +135,91 @@ def retry_command(*, checkpoint=None, probe=None, encoder_repo=None, probe_repo=
         args += ["--revision", revision]
     if commit_message:
         args += ["--commit_message", commit_message]
+    if timeout is not None:
+        args += ["--timeout", f"{timeout:g}"]
+    if attempts is not None:
+        args += ["--attempts", str(attempts)]
     command = shlex.join(args)
     if os.environ.get("HF_ENDPOINT"):
         command = f"HF_ENDPOINT={shlex.quote(os.environ['HF_ENDPOINT'])} {command}"
     return command
+
+
+# ----------------------------------------------------------------------------------------------------------
+# talking to the Hub: timeouts, bounded retries, nothing of the token in what is shown
+# ----------------------------------------------------------------------------------------------------------
+def _setting(value, env: str, default, parse, what: str):
+    """An explicit value, else the environment variable `env`, else the default; refused if not positive."""
+    source = "argument"
+    if value is None and os.environ.get(env):
+        value, source = os.environ[env], f"environment variable {env}"
+    if value is None:
+        return default
+    raw = value
+    try:
+        value = parse(value)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        kind = "a positive integer" if parse is int else "a positive finite number"
+        raise ValueError(f"{what} ({source}) must be {kind}, got {raw!r}")
+    return value
+
+
+def hub_timeout(timeout: float | None = None) -> float:
+    """Seconds a Hub request may wait for an answer: `timeout`, else $HF_MAE_HUB_TIMEOUT, else 120."""
+    return _setting(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT, float, "the Hub timeout")
+
+
+def hub_attempts(attempts: int | None = None) -> int:
+    """Tries of one push in all: `attempts`, else $HF_MAE_HUB_ATTEMPTS, else 3."""
+    return _setting(attempts, ATTEMPTS_ENV, DEFAULT_ATTEMPTS, int, "the number of Hub attempts")
+
+
+@contextlib.contextmanager
+def hub_client_timeouts(timeout: float):
+    """huggingface_hub's shared HTTP client with timeouts while the block runs (its default client waits for an
+    answer forever): `timeout` seconds for reading, writing and the connection pool, at most CONNECT_TIMEOUT to
+    connect. The client factory in place before (huggingface_hub's or the user's own) builds the client and is
+    restored afterwards."""
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
+
+    def factory():
+        client = previous()
+        client.timeout = type(client.timeout)(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        return client
+
+    set_client_factory(factory)  # closes the current client: the next request builds one with timeouts
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+_TOKEN_PATTERNS = [re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), re.compile(r"\b(?:hf|api)_[A-Za-z0-9]{16,}")]
+REDACTED = "hf_***"
+
+
+def redact(text: str, token: str | None = None) -> str:
+    """`text` with the token, any `Bearer ...` value (an echoed Authorization header) and anything shaped like
+    a Hugging Face token replaced by "hf_***"."""
+    text = str(text)
+    if token:
+        text = text.replace(token, REDACTED)
+    text = _TOKEN_PATTERNS[0].sub(lambda m: m.group(1) + REDACTED, text)
+    return _TOKEN_PATTERNS[1].sub(REDACTED, text)
+
+
+def _transient(err: BaseException) -> bool:
+    """A failure worth another try: no answer in time, a network error, HTTP 408 / 429 / 5xx."""
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        return status in (408, 429) or status >= 500
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError",
+                         "TimeoutError", "ConnectionError"})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,6 +253,19 @@ def _check_model_folder(src: Path, architecture: str, what: str) -> None:
         raise ValueError(f"{src} holds a {config.get('model_type')!r} model, not an hf_mae checkpoint")
     if _architecture(src) != architecture:
         raise ValueError(f"{src} holds {_architecture(src)}, expected {architecture} ({what})")
+
+
+def check_processor(src: Path) -> None:
+    """Refuse (ValueError naming both sizes) a folder whose saved image processor does not fit its model, e.g. a
+    224-pixel processor beside a 32-pixel model: the pushed repo would fail on every image. A folder without a
+    processor gets one made for its config later."""
+    if not (src / "preprocessor_config.json").is_file():
+        return
+    processor = MAEImageProcessor.from_pretrained(src)
+    try:
+        processor.check_matches(MAEConfig.from_pretrained(src))
+    except ValueError as err:
+        raise ValueError(f"{src}: {err} Nothing was pushed.") from None
 
 
 def _copy_model_files(src: Path, dst: Path) -> None:
@@ -236,6 +346,8 @@ def build_encoder_folder(checkpoint, out_dir, *, format: str = "hf_mae") -> Path
     source = _encoder_source(checkpoint)
     if source is None:  # no encoder/ folder: take the encoder out of the full model
         _check_model_folder(checkpoint, "MAEForPreTraining", "pretraining model")
+    check_processor(source or checkpoint)
+    if source is None:
         encoder = MAEForPreTraining.from_pretrained(checkpoint).encoder
         processor_dir = checkpoint
     elif format == "hf_mae":
@@ -258,6 +370,7 @@ def build_probe_folder(probe, out_dir, *, format: str = "hf_mae") -> Path:
     """The linear probe's upload folder (no card yet): model + processor + results.json."""
     probe, out_dir = Path(probe), Path(out_dir)
     _check_model_folder(probe, "MAEForImageClassification", "linear probe")
+    check_processor(probe)
     if format == "hf_mae":
         _copy_model_files(probe, out_dir)
     else:
@@ -276,6 +389,7 @@ def build_pretraining_folder(checkpoint, out_dir) -> Path:
     training_args.json / results.json / log.jsonl and the PNG figures at the folder's root."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     _check_model_folder(checkpoint, "MAEForPreTraining", "pretraining model")
+    check_processor(checkpoint)
     _copy_model_files(checkpoint, out_dir)
     for path in [*(checkpoint / name for name in _PRETRAINING_EXTRAS), *sorted(checkpoint.glob("*.png"))]:
         if path.is_file():
@@ -538,22 +652,27 @@ def describe_uploads(uploads: list[Upload], *, private: bool = False, revision: 
 
 
 def _failure(what: str | None, repo_id: str, detail: str, sources: list[Path], command: str,
-             pushed: dict[str, str]) -> HubPushError:
+             pushed: dict[str, str], token: str | None = None) -> HubPushError:
     subject = f"the {what} " if what else ""
-    lines = [f"Pushing {subject}to {repo_id} ({hub_endpoint()}) failed: {detail}",
+    lines = [f"Pushing {subject}to {repo_id} ({hub_endpoint()}) failed: {redact(detail, token)}",
              "Nothing local was changed: " + ", ".join(str(s.resolve()) for s in sources) + " untouched "
              "(uploads are built in a temporary folder)."]
     if pushed:
         lines.append("Already pushed: " + ", ".join(f"{repo} ({url})" for repo, url in pushed.items())
                      + ". The retry pushes them again with the same files, which is harmless.")
     lines.append(f"Retry with:\n  {command}")
-    return HubPushError("\n".join(lines), repo_id=repo_id, retry_command=command, pushed=pushed)
+    return HubPushError(redact("\n".join(lines), token), repo_id=repo_id, retry_command=command, pushed=pushed)
 
 
-def _describe_http_error(err: Exception, repo_id: str) -> str:
+def _describe_http_error(err: Exception, repo_id: str, token: str | None = None) -> str:
+    """What went wrong, in words, with the token redacted from anything the server sent back."""
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
-        server = err.server_message or err.response.text[:300]
+        try:
+            body = err.response.text[:300]
+        except Exception:  # noqa: BLE001 - a streamed response whose body was not read
+            body = ""
+        server = redact(err.server_message or body, token)
         if status in (401, 403):
             return (f"the Hub refused the token (HTTP {status}: {server}); it needs write access to the "
                     f"namespace of {repo_id}")
@@ -561,7 +680,10 @@ def _describe_http_error(err: Exception, repo_id: str) -> str:
             return (f"HTTP 404: {server}. The model repo or the revision was not found (a dataset or Space "
                     f"of the same name does not count)")
         return f"HTTP {status}: {server}"
-    return f"network failure ({type(err).__name__}: {err})"
+    message = redact(str(err), token) or "no answer"
+    if "Timeout" in type(err).__name__ or isinstance(err, TimeoutError):
+        return f"network failure: no answer from the Hub in time ({type(err).__name__}: {message})"
+    return f"network failure ({type(err).__name__}: {message})"
 
 
 def push_folder(upload: Upload, *, api: HfApi, private: bool = False, revision: str | None = None) -> str:
@@ -581,20 +703,44 @@ def push_folder(upload: Upload, *, api: HfApi, private: bool = False, revision: 
     return info.commit_url
 
 
+def _push_with_retries(upload: Upload, *, api: HfApi, private: bool, revision: str | None, attempts: int,
+                       token: str | None) -> str:
+    """`push_folder`, tried again after transient failures (no answer in time, network errors, HTTP 408 / 429 /
+    5xx) up to `attempts` tries in all, RETRY_BACKOFF_S, 2x, 4x ... (at most 60) seconds apart."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return push_folder(upload, api=api, private=private, revision=revision)
+        except (KeyboardInterrupt, SystemExit, ValueError):
+            raise
+        except Exception as err:  # noqa: BLE001 - HTTP errors and network failures from the client
+            if attempt == attempts or not _transient(err):
+                raise
+            wait = min(60.0, RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            logger.warning("Pushing %s failed (%s); trying again in %g s (attempt %d of %d)", upload.repo_id,
+                           _describe_http_error(err, upload.repo_id, token), wait, attempt + 1, attempts)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
                 probe_repo: str | None = None, pretrain_repo: str | None = None, format: str = "hf_mae",
                 private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                token: str | None = None, dry_run_dir=None) -> dict[str, str]:
+                token: str | None = None, dry_run_dir=None, timeout: float | None = None,
+                attempts: int | None = None) -> dict[str, str]:
     """Build and push the requested repos; returns {repo_id: commit url} (empty for a dry run).
 
     `checkpoint`: a pretraining output folder (full model at its root, `encoder/`); `probe`: a linear-probe
     output folder. `format` ("hf_mae" or "vit") applies to the encoder and the probe. With `dry_run_dir` the
-    folders are built there and described, and nothing is pushed (no token needed). Raises HubPushError on
-    any push failure; ValueError / FileNotFoundError for bad inputs, before anything is pushed.
+    folders are built there and described, and nothing is pushed (no token needed). `timeout`: seconds a Hub
+    request may wait for an answer (default $HF_MAE_HUB_TIMEOUT, else 120); `attempts`: tries per repo after
+    timeouts, network errors and HTTP 408 / 429 / 5xx (default $HF_MAE_HUB_ATTEMPTS, else 3). Raises
+    HubPushError on any push failure (the token redacted from everything it shows); ValueError /
+    FileNotFoundError for bad inputs, before anything is pushed.
     """
     kwargs = dict(checkpoint=checkpoint, probe=probe, encoder_repo=encoder_repo, probe_repo=probe_repo,
                   pretrain_repo=pretrain_repo, format=format, commit_message=commit_message)
-    command = retry_command(**kwargs, private=private, revision=revision)
+    command = retry_command(**kwargs, private=private, revision=revision, timeout=timeout, attempts=attempts)
+    timeout, attempts = hub_timeout(timeout), hub_attempts(attempts)
     sources = [Path(p) for p in (checkpoint, probe) if p is not None]
     if dry_run_dir is not None:
         dry_run_dir = Path(dry_run_dir)
@@ -618,21 +764,30 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
                        "was imported). Unset HF_HUB_OFFLINE to push.", sources, command, {})
     api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hf_mae")
     pushed: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="hf_mae_push_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hf_mae_push_") as tmp, hub_client_timeouts(timeout):
         uploads = build_upload_folders(tmp, **kwargs)
         for upload in uploads:
             what = _WHAT[upload.kind]
             try:
-                pushed[upload.repo_id] = push_folder(upload, api=api, private=private, revision=revision)
+                pushed[upload.repo_id] = _push_with_retries(upload, api=api, private=private, revision=revision,
+                                                            attempts=attempts, token=token)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except ValueError as err:  # a repo of another type, or invalid metadata found by the client
-                raise _failure(what, upload.repo_id, str(err), sources, command, pushed) from err
-            except Exception as err:  # HTTP errors and network failures from the client
-                detail = _describe_http_error(err, upload.repo_id)
+                failure = _failure(what, upload.repo_id, str(err), sources, command, pushed, token)
+            except Exception as err:  # noqa: BLE001 - HTTP errors and network failures from the client
+                detail = _describe_http_error(err, upload.repo_id, token)
+                if _transient(err):
+                    detail += (f" (after {attempts} attempt{'s' if attempts > 1 else ''}, {timeout:g} s timeout"
+                               f" per request)")
                 if "network" in detail:
                     detail += ". The commit may or may not have reached the Hub; retrying is safe"
-                raise _failure(what, upload.repo_id, detail, sources, command, pushed) from err
+                failure = _failure(what, upload.repo_id, detail, sources, command, pushed, token)
+            else:
+                continue
+            # raised outside the except block, so that no traceback shows the client's exception (its text
+            # may hold what the server echoed, the token included)
+            raise failure
     return pushed
 
 
@@ -659,7 +814,120 @@ def push_probe(output_dir, repo_id: str, *, checkpoint=None, format: str = "hf_m
     return pushed[repo_id]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the command line: `python scripts/push_to_hub.py` or `python -m hf_mae.hub`
+# ----------------------------------------------------------------------------------------------------------
+CLI_EXAMPLES = r"""examples:
+  # encoder + full model from a pretraining run, probe from a linear-probe run (cards from hf_mae/model_cards/)
+  python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc \
+      --pretrain_repo me/mae --probe outputs/probe --probe_repo me/mae-linprobe
+
+  # stock transformers export (ViTModel / ViTForImageClassification, no remote code), private, a branch
+  python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc-vit --format vit \
+      --private --revision v1
+
+  # build the folders and show what would be pushed, without pushing (no token needed)
+  python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc --dry_run /tmp/plan
+
+`python -m hf_mae.hub ...` is the same program (it works wherever hf_mae is installed). The token comes from
+HF_TOKEN or `hf auth login` and is never printed (nor anything the server echoes of it). The Hub address is
+HF_ENDPOINT (default https://huggingface.co). A request without an answer for --timeout seconds fails; a push
+that fails that way (or on a network error or an HTTP 408 / 429 / 5xx) is tried --attempts times in all. On
+failure the message says what happened and prints the command that retries the push.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Push hf_mae models (encoder, linear probe, full pretraining model) to the Hugging Face "
+                    "Hub, each as one commit with a rendered model card. The token comes from HF_TOKEN or "
+                    "`hf auth login` (never printed); the Hub address from HF_ENDPOINT.",
+        epilog=CLI_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a pretraining output folder (full model at its root, encoder/ inside, "
+                             "training_args.json, results.json, log.jsonl, figures); needed for "
+                             "--encoder_repo and --pretrain_repo, and adds the pretraining recipe to a "
+                             "probe's card")
+    parser.add_argument("--encoder_repo", default=None,
+                        help="repo id (user/name) for the encoder (AutoModel): MAEModel, or ViTModel with "
+                             "--format vit")
+    parser.add_argument("--pretrain_repo", default=None,
+                        help="repo id for the full pretraining model with the decoder "
+                             "(AutoModelForPreTraining), with the run's logs, results and figures; always in "
+                             "hf_mae format")
+    parser.add_argument("--probe", type=Path, default=None,
+                        help="a linear-probe output folder (MAEForImageClassification + processor + "
+                             "results.json); needs --probe_repo")
+    parser.add_argument("--probe_repo", default=None,
+                        help="repo id for the linear probe (AutoModelForImageClassification); needs "
+                             "--probe")
+    parser.add_argument("--format", choices=FORMATS, default="hf_mae",
+                        help="hf_mae: hf_mae classes with their code (trust_remote_code=True, hf_mae not "
+                             "needed); vit: stock transformers ViTModel / ViTForImageClassification "
+                             "(BatchNorm folded into the head; CLS-pooled probes only), no remote code. "
+                             "Applies to the encoder and the probe. Default: hf_mae")
+    parser.add_argument("--private", action="store_true",
+                        help="create the repos private (a repo that already exists keeps its visibility)")
+    parser.add_argument("--revision", default=None,
+                        help="branch to commit to (created from main if missing); default: main")
+    parser.add_argument("--commit_message", default=None,
+                        help="commit message for every repo; default: one per kind, e.g. 'Upload MAE "
+                             "encoder'")
+    parser.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
+                        help=f"seconds a Hub request may wait for an answer before it fails (at most "
+                             f"{CONNECT_TIMEOUT:g} to connect); default ${TIMEOUT_ENV}, else {DEFAULT_TIMEOUT:g}")
+    parser.add_argument("--attempts", type=positive_int, default=None,
+                        help=f"tries per repo in all when a request times out, the network fails or the Hub "
+                             f"answers HTTP 408 / 429 / 5xx (waiting {RETRY_BACKOFF_S:g} s, then twice as long "
+                             f"each time); default ${ATTEMPTS_ENV}, else {DEFAULT_ATTEMPTS}")
+    parser.add_argument("--dry_run", type=Path, default=None, metavar="DIR",
+                        help="build the upload folders into DIR (new or empty, outside the source folders) "
+                             "and print what would be pushed; pushes nothing and needs no token")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.encoder_repo or args.pretrain_repo or args.probe_repo):
+        parser.error("nothing to push: give --encoder_repo, --pretrain_repo and/or --probe_repo")
+    if (args.encoder_repo or args.pretrain_repo) and args.checkpoint is None:
+        parser.error("--encoder_repo and --pretrain_repo need --checkpoint")
+    if (args.probe is None) != (args.probe_repo is None):
+        parser.error("--probe and --probe_repo go together")
+    for flag, env in (("--timeout", TIMEOUT_ENV), ("--attempts", ATTEMPTS_ENV)):
+        if getattr(args, flag[2:]) is None and os.environ.get(env):
+            try:
+                (hub_timeout if flag == "--timeout" else hub_attempts)()
+            except ValueError as err:
+                parser.error(f"{flag} unset and {err}")
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    """Push as `args` asks; returns the exit status (0 pushed, 1 the push failed, 2 bad inputs)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        pushed = push_to_hub(checkpoint=args.checkpoint, probe=args.probe, encoder_repo=args.encoder_repo,
+                             probe_repo=args.probe_repo, pretrain_repo=args.pretrain_repo, format=args.format,
+                             private=args.private, revision=args.revision, commit_message=args.commit_message,
+                             dry_run_dir=args.dry_run, timeout=args.timeout, attempts=args.attempts)
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for repo_id, url in pushed.items():
+        print(f"pushed {repo_id}: {url}")
+    return 0
+
+
 __all__ = ["HubPushError", "Upload", "build_encoder_folder", "build_probe_folder", "build_pretraining_folder",
            "build_upload_folders", "describe_uploads", "hub_endpoint", "push_folder",
            "push_pretraining_outputs", "push_probe", "push_to_hub", "render_model_card", "retry_command",
-           "vit_classifier_from_mae"]
+           "vit_classifier_from_mae", "redact", "hub_client_timeouts", "build_parser", "parse_args", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

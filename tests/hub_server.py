@@ -6,14 +6,17 @@ every file as a "regular" (base64, in the commit payload) upload so no LFS/Xet s
 records what arrived so tests can assert on it. Anything else answers 404 and is listed in `unexpected`.
 Unlike the real Hub it never reports a file as already present, so re-pushing makes a new commit.
 
-Endpoints: POST /api/repos/create, POST /api/validate-yaml, GET /api/whoami-v2,
+Endpoints: POST /api/repos/create, POST /api/validate-yaml, GET /api/whoami-v2, GET /api/{type}s/{ns}/{name},
 POST /api/{type}s/{ns}/{name}/branch/{branch}, POST /api/{type}s/{ns}/{name}/preupload/{revision},
 POST /api/{type}s/{ns}/{name}/commit/{revision} (NDJSON).
+
+`SilentServer` is the other failure double: it accepts TCP connections and never answers a byte.
 """
 
 import base64
 import hashlib
 import json
+import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +39,11 @@ class FakeHub:
 
     Knobs for failure tests: `conflict` = (status, json body) answered by repos/create for every repo that is
     not a model repo already (a repo of another type); `drop_commits` = True (or a set of repo ids) closes the
-    connection without an answer on every commit request (to those repos): a network failure mid-push.
+    connection without an answer on every commit request (to those repos): a network failure mid-push;
+    `hang_commits` = True: commit requests get no answer until the server stops; `create_errors` = a list of
+    HTTP statuses answered, one each, by the next repos/create requests (e.g. [503, 503]: two transient
+    failures); `echo_auth` = an HTTP status answered to repos/create whose JSON body and X-Error-Message header
+    echo the request's Authorization header (a server that leaks what it was sent).
     """
 
     def __init__(self, token: str):
@@ -47,6 +54,10 @@ class FakeHub:
         self.unauthorized: list[tuple[str, str]] = []
         self.conflict: tuple[int, dict] | None = None
         self.drop_commits: bool | set[str] = False
+        self.hang_commits = False
+        self.create_errors: list[int] = []
+        self.echo_auth: int | None = None
+        self._stopping = threading.Event()
         self.commit_attempts: Counter[str] = Counter()  # repo id -> commit requests received
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -71,6 +82,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases hanging handlers
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -145,6 +157,12 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and path == "/api/whoami-v2":
             self._send(200, {"type": "user", "name": "tester", "orgs": []})
+        elif method == "GET" and len(parts) == 4 and parts[0] == "api" and parts[1].endswith("s"):  # repo info
+            repo = fake.repos.get((parts[1][:-1], f"{parts[2]}/{parts[3]}"))
+            if repo is None:
+                self._send(404, {"error": "Repository not found"}, "RepoNotFound")
+            else:
+                self._send(200, {"id": repo.repo_id, "private": repo.private, "sha": "0" * 40})
         elif method == "POST" and path == "/api/repos/create":
             self._create_repo(json.loads(body))
         elif method == "POST" and path == "/api/validate-yaml":
@@ -180,6 +198,15 @@ class _Handler(BaseHTTPRequestHandler):
     # --- endpoints ---------------------------------------------------------------------------------------
     def _create_repo(self, payload: dict) -> None:
         fake = self.fake
+        if fake.echo_auth is not None:
+            echoed = f"cannot create the repo for Authorization: {self.headers.get('Authorization')}"
+            self._send(fake.echo_auth, {"error": echoed}, "EchoedAuthorization")
+            return
+        with fake._lock:
+            status = fake.create_errors.pop(0) if fake.create_errors else None
+        if status is not None:
+            self._send(status, {"error": f"transient failure {status}"})
+            return
         name, org = payload["name"], payload.get("organization")
         repo_id = f"{org}/{name}" if org else name
         repo_type = payload.get("type") or "model"
@@ -201,6 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         with fake._lock:
             fake.commit_attempts[repo.repo_id] += 1
+        if fake.hang_commits:
+            fake._stopping.wait()  # read the whole request, then never answer
+            return
         if fake.drop_commits is True or repo.repo_id in (fake.drop_commits or ()):
             self.close_connection = True  # read the whole request, then hang up without a word
             self.wfile.flush()
@@ -219,3 +249,49 @@ class _Handler(BaseHTTPRequestHandler):
                              "description": header.get("description", ""), "files": files, "oid": oid})
         self._send(200, {"commitUrl": f"{fake.url}/{repo.repo_id}/commit/{oid}", "commitOid": oid,
                          "pullRequestUrl": None})
+
+
+class SilentServer:
+    """A TCP endpoint on 127.0.0.1 that accepts every connection and never sends a byte (a hung proxy, a stalled
+    load balancer): a client without read timeouts waits forever. `connections` counts what it accepted."""
+
+    def __init__(self):
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.2)
+        self._held: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(connection)  # keep it open, say nothing
+            self.connections += 1
+
+    def start(self) -> "SilentServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        for connection in self._held:
+            connection.close()
+        self._socket.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,4 +1,4 @@
-"""Hub sharing (hf_mae.hub, scripts/push_to_hub.py).
+"""Hub sharing (hf_mae.hub; its CLI is `python -m hf_mae.hub`, also run by the scripts/push_to_hub.py shim).
 
 (1) The artifact: exact upload files, auto_map, card metadata read back with `ModelCard.load`, every built
     folder loaded in a subprocess where hf_mae cannot be imported (remote code for --format hf_mae, plain
@@ -7,7 +7,8 @@
 (2) The upload: a CONTRACT test of the real huggingface_hub client against `hub_server.FakeHub` on 127.0.0.1,
     not a test of Hub fidelity: it checks which requests we make and what they carry (files, weights hash,
     commit message, revision, private flag, one commit per repo), and the failures (no token, a repo of
-    another type, a dropped connection mid-commit).
+    another type, a dropped connection mid-commit, transient 5xx answers, a commit that is never answered, an
+    endpoint that never answers at all (`hub_server.SilentServer`), a server that echoes the token).
 (3) An opt-in round trip against a real Hub endpoint (HF_MAE_HUB_TEST=1 and a token), skipped otherwise.
 """
 
@@ -22,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,12 +32,13 @@ import huggingface_hub.utils._http as hf_http
 import pytest
 import torch
 from conftest import tiny_config
-from hub_server import FakeHub
+from hub_server import FakeHub, SilentServer
 from huggingface_hub import ModelCard, close_session, constants
 from PIL import Image
 from transformers import AutoImageProcessor
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
+from hf_mae import hub as hub_module
 from hf_mae.hub import (
     HubPushError,
     build_encoder_folder,
@@ -409,15 +413,15 @@ def hub(monkeypatch, tmp_path):
 
 @pytest.fixture
 def no_backoff_sleep(monkeypatch):
-    """The client retries dropped connections with 1-8 s sleeps; keep the retries, skip the waiting."""
+    """The client retries dropped connections with 1-8 s sleeps, and hf_mae retries a failed push 2, 4 s later;
+    keep the retries, skip the waiting."""
     monkeypatch.setattr(hf_http, "time", SimpleNamespace(**{**vars(hf_http.time), "sleep": lambda s: None}))
+    monkeypatch.setattr(hub_module, "RETRY_BACKOFF_S", 0.0)
 
 
 def run_cli(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("push_to_hub_cli", REPO_ROOT / "scripts" / "push_to_hub.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    """`python -m hf_mae.hub ARGV` in this process; the exit status."""
+    return hub_module.main(hub_module.parse_args(argv))
 
 
 @pytest.mark.parametrize("client_path", ["xet-pipeline", "create_commit"])
@@ -527,8 +531,8 @@ def test_connection_dropped_mid_commit_then_retry(hub, runs, client_path, monkey
     env_part, command = info.value.retry_command.split(" ", 1)
     assert env_part == f"HF_ENDPOINT={hub.url}"
     argv = shlex.split(command)
-    assert argv[:2] == ["python", str(REPO_ROOT / "scripts" / "push_to_hub.py")]
-    assert run_cli(argv[2:]) == 0
+    assert argv[:3] == ["python", "-m", "hf_mae.hub"]  # no path into a source checkout: works after any install
+    assert run_cli(argv[3:]) == 0
     assert [c["summary"] for c in hub.repo("tester/mae-enc").commits] == ["first try"]
     captured = capfd.readouterr()
     assert TOKEN not in message + captured.out + captured.err
@@ -553,34 +557,193 @@ def test_cli_subprocess_honours_hf_endpoint(hub, runs, tmp_path):
 def test_cli_help_dry_run_and_argument_errors(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)  # a dry run needs no token (and offline mode stays on)
     spec = importlib.util.spec_from_file_location("push_cli", REPO_ROOT / "scripts" / "push_to_hub.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    assert shim.main is hub_module.main and shim.parse_args is hub_module.parse_args  # the shim only forwards
+    assert len((REPO_ROOT / "scripts" / "push_to_hub.py").read_text().splitlines()) <= 12
+    cli = hub_module
     parser = cli.build_parser()
     help_text = parser.format_help()
     for action in parser._actions:
         assert action.help, action.option_strings
         assert action.option_strings[0] in help_text
     for flag in ("--checkpoint", "--encoder_repo", "--probe", "--probe_repo", "--pretrain_repo", "--format",
-                 "--private", "--revision", "--commit_message", "--dry_run"):
+                 "--private", "--revision", "--commit_message", "--dry_run", "--timeout", "--attempts"):
         assert flag in help_text
+    assert "examples:" in help_text and "--dry_run /tmp/plan" in help_text
 
     plan = tmp_path / "plan"
-    assert cli.main(["--checkpoint", str(runs.pre), "--encoder_repo", "me/enc", "--probe", str(runs.probe),
-                     "--probe_repo", "me/probe", "--dry_run", str(plan)]) == 0
+    assert run_cli(["--checkpoint", str(runs.pre), "--encoder_repo", "me/enc", "--probe", str(runs.probe),
+                    "--probe_repo", "me/probe", "--dry_run", str(plan)]) == 0
     printed = capsys.readouterr().out
     assert "Dry run: nothing pushed" in printed and "me/enc" in printed and "model.safetensors" in printed
     assert sorted(p.name for p in plan.iterdir()) == ["encoder", "probe"]
     assert (plan / "encoder" / "README.md").is_file()
     encoder_only = ["--checkpoint", str(runs.pre), "--encoder_repo", "me/enc", "--dry_run"]
-    assert cli.main([*encoder_only, str(plan)]) == 2  # not empty
+    assert run_cli([*encoder_only, str(plan)]) == 2  # not empty
     inside = runs.pre / "plan"
-    assert cli.main([*encoder_only, str(inside)]) == 2
+    assert run_cli([*encoder_only, str(inside)]) == 2
     assert "inside" in capsys.readouterr().err and not inside.exists()
     for argv in (["--probe", str(runs.probe)], ["--encoder_repo", "me/enc"], []):
         with pytest.raises(SystemExit) as info:
             cli.parse_args(argv)
         assert info.value.code == 2
+    capsys.readouterr()
+    # bad numbers are named at parse time, flags and environment variables alike
+    base = ["--checkpoint", str(runs.pre), "--encoder_repo", "me/enc"]
+    for extra, env, named in ((["--timeout", "0"], {}, "argument --timeout"),
+                              (["--timeout", "nan"], {}, "argument --timeout"),
+                              (["--attempts", "0"], {}, "argument --attempts"),
+                              (["--attempts", "2.5"], {}, "argument --attempts"),
+                              ([], {"HF_MAE_HUB_TIMEOUT": "-3"}, "HF_MAE_HUB_TIMEOUT"),
+                              ([], {"HF_MAE_HUB_ATTEMPTS": "many"}, "HF_MAE_HUB_ATTEMPTS")):
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            with pytest.raises(SystemExit) as info:
+                cli.parse_args(base + extra)
+        assert info.value.code == 2 and named in capsys.readouterr().err, (extra, env)
     assert_untouched(runs)
+
+
+def push_env(endpoint: str, tmp_path: Path, **extra) -> dict:
+    """The environment of a `python -m hf_mae.hub` subprocess that pushes to `endpoint` with the test token."""
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1,localhost", **extra}
+
+
+def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
+    """`python -m hf_mae.hub` (what the retry command runs) from a folder that is not the repository."""
+    proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+                           "--encoder_repo", "tester/anywhere"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pushed tester/anywhere" in proc.stdout and len(hub.repo("tester/anywhere").commits) == 1
+    assert "scripts/" not in hub_module.retry_command(checkpoint=runs.pre, encoder_repo="tester/anywhere")
+    assert not hasattr(hub_module, "PUSH_SCRIPT")
+
+
+def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
+    """`python -m hf_mae.hub ... --timeout 2 --attempts 2` against an endpoint that accepts the connection and
+    never answers: it used to hang with no output; now it fails within the timeouts, says so, prints the retry
+    command, and never the token."""
+    with SilentServer() as silent:
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+                               "--encoder_repo", "tester/silent", "--timeout", "2", "--attempts", "2"],
+                              cwd=tmp_path, env=push_env(silent.url, tmp_path), capture_output=True, text=True,
+                              timeout=120)
+        elapsed = time.monotonic() - start
+        connections = silent.connections
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert elapsed < 60, elapsed  # 2 attempts x 2 s + 2 s between them, plus the start-up of python
+    assert connections >= 2  # one per attempt (huggingface_hub may open one more, with its own timeout)
+    assert "no answer from the Hub in time" in proc.stderr and "after 2 attempts, 2 s timeout" in proc.stderr
+    assert "trying again in 2 s (attempt 2 of 2)" in proc.stderr
+    assert "Retry with:" in proc.stderr and "python -m hf_mae.hub" in proc.stderr
+    assert TOKEN not in output
+    assert_untouched(runs)
+
+
+def test_training_push_times_out_through_the_environment(runs, monkeypatch, no_backoff_sleep):
+    """The training programs' --push_to_hub calls push_pretraining_outputs: HF_MAE_HUB_TIMEOUT bounds it."""
+    monkeypatch.setenv("HF_MAE_HUB_TIMEOUT", "1")
+    monkeypatch.setenv("HF_MAE_HUB_ATTEMPTS", "2")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with SilentServer() as silent:
+        monkeypatch.setenv("HF_ENDPOINT", silent.url)
+        start = time.monotonic()
+        with pytest.raises(HubPushError) as info:
+            push_pretraining_outputs(runs.pre, "tester/mae")
+        elapsed = time.monotonic() - start
+    close_session()
+    assert elapsed < 20 and silent.connections >= 2, (elapsed, silent.connections)
+    assert "no answer from the Hub in time" in str(info.value) and "after 2 attempts, 1 s timeout" in str(info.value)
+    assert "--timeout" not in info.value.retry_command  # the environment carries the setting
+    assert_untouched(runs)
+
+
+def test_commit_that_never_answers_fails_and_the_retry_finishes(hub, runs, monkeypatch, no_backoff_sleep):
+    """The Hub takes the repo, then never answers the commit: bounded failure, then the printed retry works."""
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    hub.hang_commits = True
+    start = time.monotonic()
+    with pytest.raises(HubPushError) as info:
+        push_to_hub(checkpoint=runs.pre, encoder_repo="tester/mae-enc", timeout=1, attempts=2)
+    elapsed = time.monotonic() - start
+    assert elapsed < 30, elapsed
+    assert hub.commit_attempts["tester/mae-enc"] >= 2 and hub.repo("tester/mae-enc").commits == []
+    message = str(info.value)
+    assert "no answer from the Hub in time" in message and "retrying is safe" in message
+    assert "--timeout 1 --attempts 2" in info.value.retry_command
+    hub.hang_commits = False
+    assert run_cli(shlex.split(info.value.retry_command.split(" ", 1)[1])[3:]) == 0
+    assert len(hub.repo("tester/mae-enc").commits) == 1
+    hub._stopping.set()  # release the handlers still waiting on the abandoned commits
+    assert_untouched(runs)
+
+
+def test_transient_server_errors_are_retried(hub, runs, no_backoff_sleep, caplog):
+    hub.create_errors = [503, 502]
+    caplog.set_level(logging.WARNING)
+    pushed = push_to_hub(checkpoint=runs.pre, encoder_repo="tester/mae-enc", attempts=3)
+    assert list(pushed) == ["tester/mae-enc"] and len(hub.repo("tester/mae-enc").commits) == 1
+    assert "attempt 2 of 3" in caplog.text and "attempt 3 of 3" in caplog.text and "HTTP 503" in caplog.text
+    hub.create_errors = [500, 500]
+    with pytest.raises(HubPushError, match=r"HTTP 500.*after 2 attempts"):
+        push_to_hub(checkpoint=runs.pre, encoder_repo="tester/other", attempts=2)
+    hub.create_errors = []
+    assert_untouched(runs)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_server_echoing_the_token_never_shows_it(hub, runs, status, no_backoff_sleep, caplog, capfd):
+    """A Hub error whose body and X-Error-Message echo the Authorization header: the token was printed twice.
+    Now it is redacted from the message, the log, the output and the traceback (nothing chained to it)."""
+    hub.echo_auth = status
+    caplog.set_level(logging.INFO)  # what the CLI shows (the HTTP libraries' DEBUG logs print raw headers)
+    with pytest.raises(HubPushError) as info:
+        push_to_hub(checkpoint=runs.pre, encoder_repo="tester/mae-enc", attempts=2)
+    message = str(info.value)
+    assert "Authorization: Bearer hf_***" in message and f"HTTP {status}" in message
+    shown = "".join(traceback.format_exception(info.value)) + caplog.text
+    captured = capfd.readouterr()
+    assert TOKEN not in shown + captured.out + captured.err + info.value.retry_command
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert_untouched(runs)
+
+
+def test_cli_with_a_server_echoing_the_token(hub, runs, tmp_path):
+    hub.echo_auth = 401
+    proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+                           "--encoder_repo", "tester/leak"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "refused the token (HTTP 401" in proc.stderr, proc.stderr[-3000:]
+    assert "hf_***" in proc.stderr and TOKEN not in proc.stdout + proc.stderr
+
+
+def test_redact():
+    text = f'{{"error": "bad", "auth": "Bearer {TOKEN}"}} header Authorization: bearer sk-other; raw {TOKEN}.'
+    out = hub_module.redact(text, TOKEN)
+    assert TOKEN not in out and "sk-other" not in out and out.count("hf_***") == 3
+    assert hub_module.redact("hf_abcdefghijklmnopqrstuvwxyz0123 in a log line") == "hf_*** in a log line"
+    assert hub_module.redact("repo tester/hf_mae-enc, file hf_mae_run.json") == "repo tester/hf_mae-enc, file " \
+        "hf_mae_run.json"
+
+
+def test_processor_that_does_not_fit_the_model_is_refused_before_pushing(hub, runs, tmp_path):
+    """A 224-pixel processor saved beside a 16-pixel model: refused, naming both sizes, before any request."""
+    probe = tmp_path / "probe"
+    shutil.copytree(runs.probe, probe)
+    MAEImageProcessor().save_pretrained(probe)  # the default 224 x 224 crop
+    with pytest.raises(ValueError, match=r"224x224.*16x16") as info:
+        push_to_hub(probe=probe, probe_repo="tester/mae-probe")
+    assert str(probe) in str(info.value) and hub.requests == []
+    with pytest.raises(ValueError, match=r"224x224.*16x16"):
+        build_upload_folders(tmp_path / "plan", probe=probe, probe_repo="tester/mae-probe", format="vit")
 
 
 # ----------------------------------------------------------------------------------------------------------
