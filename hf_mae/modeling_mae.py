@@ -297,7 +297,8 @@ class MAEPreTrainedModel(PreTrainedModel):
         repo_id = kwargs.pop("repo_id", None)
         hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr") if k in kwargs}
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        self.write_model_card(save_directory, repo_id=repo_id)
+        if kwargs.get("is_main_process", True):  # one writer in multi-process saves, as for the weights
+            self.write_model_card(save_directory, repo_id=repo_id)
         if push:
             _upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
         return result

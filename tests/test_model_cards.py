@@ -127,3 +127,8 @@ def test_loaded_card_folder_still_loads(tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     pixels = torch.randn(1, 3, 16, 16)
     assert torch.equal(loaded(pixels).last_hidden_state, model(pixels).last_hidden_state)
+
+
+def test_only_the_main_process_writes_the_card(tmp_path):
+    MAEModel(tiny_config()).save_pretrained(tmp_path, is_main_process=False)
+    assert not (tmp_path / "README.md").exists()

@@ -33,6 +33,12 @@ CHILD = textwrap.dedent("""
     out["classifier"] = type(clf).__name__
     processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
     out["processor"] = type(processor).__name__
+    # AutoBackbone.from_pretrained asks the Hub about any name first (transformers 5.24), so a local folder
+    # cannot go through it; the class comes from the folder's code as AutoBackbone would take it for a repo
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    backbone_class = get_class_from_dynamic_module(config.auto_map["AutoBackbone"], folder)
+    backbone = backbone_class.from_pretrained(folder, out_indices=[1, 2]).eval()
+    out["backbone"] = [type(backbone).__name__, list(backbone(pixels).feature_maps[-1].shape)]
     out["hf_mae_modules"] = sorted(m for m in sys.modules if m.startswith("hf_mae."))
     print("RESULT", __import__("json").dumps(out))
 """)
@@ -58,6 +64,7 @@ def test_saved_folder_loads_without_hf_mae(tmp_path):
     assert result["config"] == "MAEConfig" and result["pretraining"] == "MAEForPreTraining"
     assert result["encoder"] == "MAEModel" and result["classifier"] == "MAEForImageClassification"
     assert result["processor"] == "MAEImageProcessor" and result["hf_mae_modules"] == []
+    assert result["backbone"] == ["MAEBackbone", [2, 32, 4, 4]]
     expected = model(pixels, noise=torch.linspace(0, 1, 16).expand(2, 16)).logits.sum().item()
     assert abs(result["logits"] - expected) < 1e-3
     assert abs(result["features"] - model.encoder(pixels).last_hidden_state.sum().item()) < 1e-3
