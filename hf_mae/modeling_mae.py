@@ -21,12 +21,12 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_mae import MAEConfig
+from .image_processing_mae import normalize_patches, patchify, unpatchify
 
 try:
     from transformers.backbone_utils import BackboneMixin
 except ImportError:  # transformers < 5.2 kept it under utils
     from transformers.utils.backbone_utils import BackboneMixin
-from .image_processing_mae import normalize_patches, patchify, unpatchify
 
 AUTO_MAP = {
     "AutoConfig": "configuration_mae.MAEConfig",
@@ -297,8 +297,9 @@ class MAEPreTrainedModel(PreTrainedModel):
         repo_id = kwargs.pop("repo_id", None)
         hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr") if k in kwargs}
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):  # one writer in multi-process saves, as for the weights
-            self.write_model_card(save_directory, repo_id=repo_id)
+        if not kwargs.get("is_main_process", True):  # one writer in multi-process saves, as for the weights
+            return result
+        self.write_model_card(save_directory, repo_id=repo_id)
         if push:
             _upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
         return result
@@ -495,8 +496,6 @@ class MAEModel(MAEPreTrainedModel):
         pixel_values, grid = self._prepare_pixel_values(pixel_values)
         pos = self.position_embedding(grid)
         mask = ids_restore = None
-        if mask_ratio is not None and not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if mask_ratio or noise is not None:  # mask first: only the kept patches are embedded
             ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
             if noise is None:
@@ -590,8 +589,8 @@ class MAEForPreTraining(MAEPreTrainedModel):
                 return_loss: bool = True, **kwargs):
         """pixel_values (B, C, H, W). Masks: `noise` (B, N) when given; else fresh random masks in training
         mode and, in eval mode, the fixed masks of `config.eval_mask_seed` (see `MAEModel.eval_noise`).
-        `return_loss` is always honoured as True: it tells transformers' Trainer that this model computes
-        its loss without labels, so `Trainer.evaluate()` reports `eval_loss`."""
+        The loss is always computed; `return_loss=True` in the signature is how transformers' Trainer learns
+        that this model returns a loss without labels, so `Trainer.evaluate()` reports `eval_loss`."""
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         if not 0 < ratio < 1:
             raise ValueError(f"pretraining needs 0 < mask_ratio < 1 (the loss is computed on masked patches "
