@@ -114,9 +114,10 @@ def test_upernet_segmentation_on_mae_backbone_trains(tmp_path):
 
 def test_upernet_with_the_feature_pyramid_trains():
     backbone_config = tiny_config(num_hidden_layers=4, out_indices=[1, 2, 3, 4], add_fpn=True)
+    # UperNet's defaults, auxiliary head included (it reads the third map), but a narrow head for speed
     model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone_config, num_labels=3,
-                                                         hidden_size=32, auxiliary_in_channels=32,
-                                                         auxiliary_channels=16))
+                                                         hidden_size=32))
+    assert model.auxiliary_head is not None
     pixels, labels = halves_task()
     losses = train_steps(model, lambda: model(pixel_values=pixels, labels=labels).loss)
     assert losses[-1] < 0.5 * losses[0], losses
