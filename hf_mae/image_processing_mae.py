@@ -7,9 +7,10 @@ into pictures.
 
 Inputs, for both processors: PIL images of any mode, numpy arrays (H, W), (H, W, C) or (C, H, W), torch
 tensors (C, H, W) or (H, W), with 1, 3 or 4 (RGBA) channels, whatever the processor's channel count. Arrays
-are 8-bit pictures: uint8 as is, floats in [0, 1] scaled by 255, other floats and integers taken as 0..255;
-they are rounded to 8 bits (PIL resamples in 8 bits anyway), then converted to "L" or "RGB" exactly as a
-PIL image of the same pixels would be. So an RGB array given to a 1-channel processor gives its luminance.
+are pictures: uint8 as is, floats in [0, 1] scaled by 255, floats in [0, 255] as is, 16-bit integers / 257
+(negative values are refused: normalised tensors go to the model, not the processor); they are rounded to
+8 bits (PIL resamples in 8 bits anyway), then converted to "L" or "RGB" exactly as a PIL image of the same
+pixels would be. So an RGB array given to a 1-channel processor gives its luminance.
 """
 
 import math
@@ -113,7 +114,8 @@ def convert_image_mode(img: Image.Image, num_channels: int = 3) -> Image.Image:
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:
-    """An array's pixels as 8 bits: uint8 as is, floats in [0, 1] x 255, anything else taken as 0..255."""
+    """An array's pixels as 8 bits: uint8 as is; floats in [0, 1] x 255, in [0, 255] as is; integers up to 255
+    as is, up to 65535 (16-bit) / 257. Anything else (negative: already normalised?) is refused."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
@@ -121,8 +123,16 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
     values = array.astype(np.float64)
     if not np.isfinite(values).all():
         raise ValueError("the image holds NaN or infinite values")
-    if np.issubdtype(array.dtype, np.floating) and values.size and values.min() >= 0 and values.max() <= 1:
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    is_float = np.issubdtype(array.dtype, np.floating)
+    if low < 0 or high > (255 if is_float else 65535):
+        raise ValueError(f"image values must be pixels (floats in [0, 1] or [0, 255], integers 0..255 or 16-bit), "
+                         f"got {array.dtype} in [{low:g}, {high:g}]; already normalised tensors go to the model "
+                         f"directly, not through the processor")
+    if is_float and high <= 1:
         values = values * 255
+    elif not is_float and high > 255:
+        values = values / 257  # 16-bit, as PIL's I;16 images (see _to_uint8)
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 

@@ -153,6 +153,16 @@ def test_unreadable_arrays_are_named():
         processor(np.zeros((7, 8, 9), np.uint8))
     with pytest.raises(ValueError, match="NaN"):
         processor(np.full((8, 8, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"in \[-2, 1\]; already normalised"):
+        processor(torch.tensor([-2.0, 1.0]).repeat(3, 8, 4))
+
+
+def test_sixteen_bit_arrays_match_pil_i16():
+    values = RNG.integers(0, 65536, (20, 24), dtype=np.uint16)
+    processor = MAEImageProcessor(do_resize=False, crop_size={"height": 20, "width": 24}, num_channels=1,
+                                  image_mean=[0.0], image_std=[1.0])
+    torch.testing.assert_close(processor(values.astype(np.int32), return_tensors="pt")["pixel_values"],
+                               processor(Image.fromarray(values), return_tensors="pt")["pixel_values"])
 
 
 def test_size_as_height_width_sets_the_output_size():
