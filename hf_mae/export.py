@@ -6,7 +6,7 @@ Formats (`--format`, one or more; `all` for every one), written into the `--outp
                                   (onnxruntime `quantize_dynamic`: int8 weights, inputs quantized per call);
                                   also writes model.onnx
     export       model.pt2        a `torch.export` program (`torch.export.load(path).module()`)
-    torchscript  model.pt         a TorchScript trace (`torch.jit.load(path)`), as in the seed
+    torchscript  model.pt         a TorchScript trace (`torch.jit.load(path)`)
 
 What is exported: an encoder (`MAEModel`) without masking, `pixel_values (B, C, H, W)` ->
 `last_hidden_state (B, 1 + N, D)`, `pooler_output (B, D)` (CLS after the final norm), deterministic; a
@@ -14,6 +14,12 @@ classifier (`MAEForImageClassification`) `pixel_values` -> `logits (B, num_label
 (decoder + random masking) is refused: export its encoder (`<folder>/encoder`) or a linear probe. Inputs are
 preprocessed images (the folder's `preprocessor_config.json`: resize, center crop, rescale, normalize); the
 exported files need torch or onnxruntime only, not hf_mae.
+
+The CLI owns its output folder: never the --model folder, and a folder holding a finished export or another
+program's outputs is refused before anything is loaded unless --overwrite. The processor saved beside the model
+must fit it (a 224-pixel processor beside a 32-pixel model is refused, naming both sizes, before any export).
+Every file is written under a temporary name and moved into place whole: a kill never leaves a half-written
+model file.
 
 Every export is checked (unless `check=False`): the largest absolute difference to PyTorch on random images
 at batch 1 and 3 (the dynamic batch axis) and on real images through the processor (the embedded MNIST
@@ -39,6 +45,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,6 +59,20 @@ from .configuration_mae import MAEConfig
 from .convert import fold_batchnorm
 from .image_processing_mae import MAEImageProcessor
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
+from .runner import (
+    OutputDirError,
+    check_output_dir,
+    mark_finished,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    take_output_dir,
+)
+
+try:  # the opsets torch writes (checked at parse time)
+    from torch.onnx import _constants as _onnx_constants
+except ImportError:
+    _onnx_constants = None
 
 FORMATS = ("onnx", "int8", "export", "torchscript")
 FILE_NAMES = {"onnx": "model.onnx", "int8": "model_int8.onnx", "export": "model.pt2", "torchscript": "model.pt"}
@@ -82,6 +103,21 @@ def require(module: str, purpose: str, install: str = EXPORT_EXTRA):
     except ImportError as e:
         raise MissingExportDependency(
             f"{purpose} needs the optional package {module!r}, which is not installed: {install}") from e
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary name beside `path` (`.NAME.tmp`) to write to; when the block succeeds the file replaces
+    `path` in one `os.replace`, when it fails the temporary file is removed. A kill leaves at most the
+    temporary file, never a half-written `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -172,7 +208,7 @@ def _config_of(module: nn.Module) -> MAEConfig:
 
 def example_input(config: MAEConfig, batch_size: int = 2, seed: int = 0) -> torch.Tensor:
     """Random pixel_values (B, C, H, W) at the configured size (the trace input; batch 2 keeps it symbolic)."""
-    height, width = config.image_size if not isinstance(config.image_size, int) else (config.image_size,) * 2
+    height, width = config.image_hw
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, config.num_channels, height, width, generator=generator)
 
@@ -236,13 +272,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset_version: int
     module = wrap_for_export(model)
     names = list(module.output_names)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = example_input(_config_of(module))
-    with torch.no_grad():
+    with torch.no_grad(), atomic_file(path) as tmp:
         if exporter == "legacy":
             dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
             with _quiet_tracing():
-                torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                torch.onnx.export(module, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
                                   output_names=names, dynamic_axes=dynamic, opset_version=opset_version)
         else:
             require("onnxscript", "ONNX export with exporter='dynamo'", "pip install onnxscript")
@@ -250,8 +285,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset_version: int
             program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
                                         output_names=names, dynamic_shapes=({0: batch},),
                                         opset_version=opset_version, verbose=False)
-            program.save(str(path), external_data=False)
-    onnx.checker.check_model(str(path))
+            program.save(str(tmp), external_data=False)
+        onnx.checker.check_model(str(tmp))
     return path
 
 
@@ -274,14 +309,14 @@ def quantize_int8(onnx_path: str | os.PathLike, path: str | os.PathLike, *, per_
             if node.op_type == "Gemm":  # the quantizer rewrites Gemm as a MatMul named so before excluding
                 exclude.append(f"{node.name}_MatMul")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" notice: shape inference gains nothing here
     try:
-        quantize_dynamic(str(onnx_path), str(path), op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                         extra_options={"MatMulConstBOnly": True})
+        with atomic_file(path) as tmp:
+            quantize_dynamic(str(onnx_path), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                             extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
     return path
@@ -291,22 +326,22 @@ def export_program(model: nn.Module, path: str | os.PathLike) -> Path:
     """A `torch.export` program with a dynamic batch axis, saved with `torch.export.save` (`.pt2`)."""
     module = wrap_for_export(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         program = torch.export.export(module, (example_input(_config_of(module)),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a file object: no warning about the suffix
+        torch.export.save(program, handle)
     return path
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
-    """A TorchScript trace (`torch.jit.trace`, saved with `.save`), as in the seed; any batch size."""
+    """A TorchScript trace (`torch.jit.trace`, saved with `.save`); any batch size."""
     module = wrap_for_export(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(module, example_input(_config_of(module)))
-    traced.save(str(path))
+    with atomic_file(path) as tmp:
+        traced.save(str(tmp))
     return path
 
 
@@ -406,7 +441,7 @@ def real_images(config: MAEConfig, processor, count: int = 32) -> tuple[torch.Te
         images = list(validation.select(range(min(count, len(validation))))["image"])
         what = f"{len(images)} embedded MNIST validation digits"
     elif config.num_channels == 3:
-        height, width = config.image_size if not isinstance(config.image_size, int) else (config.image_size,) * 2
+        height, width = config.image_hw
         images = natural_images(count, (int(height * 1.25), int(width * 1.25)))
         what = f"{count} generated natural-looking pictures"
     else:
@@ -486,7 +521,7 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
     config = _config_of(module)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    height, width = config.image_size if not isinstance(config.image_size, int) else (config.image_size,) * 2
+    height, width = config.image_hw
     kind = "classifier" if isinstance(module, ClassifierForExport) else "encoder"
     inner = module.classifier if kind == "classifier" else module.encoder
     info = {
@@ -528,9 +563,47 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
                 entry["check"].update(atol=atol, rtol=rtol)
         info["files"][fmt] = entry
     if processor is not None:
-        processor.save_pretrained(output_dir)
-    (output_dir / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        _save_processor(processor, output_dir)
+    with atomic_file(output_dir / "export_info.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _save_processor(processor, output_dir: Path) -> None:
+    """`processor.save_pretrained(output_dir)`, each file moved into place whole."""
+    staging = output_dir / ".processor.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        processor.save_pretrained(staging)
+        for file in staging.iterdir():
+            os.replace(file, output_dir / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_processor(processor, config: MAEConfig) -> None:
+    """Raise a ValueError naming both sizes when the processor's output does not fit the model (e.g. a
+    224-pixel processor saved beside a 32-pixel model: every exported file would reject its images)."""
+    check = getattr(processor, "check_matches", None)
+    if check is not None:
+        check(config)
+        return
+    # another processor class (e.g. transformers' ViTImageProcessor): compare the output size
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else getattr(processor, "size", None)
+    size = dict(size or {})
+    if "height" in size and (size["height"], size["width"]) != tuple(config.image_hw):
+        raise ValueError(f"image processor and model disagree: the processor outputs {size['height']}x"
+                         f"{size['width']} pixels, the model takes {config.image_hw[0]}x{config.image_hw[1]} "
+                         f"(image_size={config.image_size})")
+
+
+def _opset(text: str) -> int:
+    """`--opset`: an ONNX opset torch can write."""
+    low, high = getattr(_onnx_constants, "ONNX_MIN_OPSET", 7), getattr(_onnx_constants, "ONNX_MAX_OPSET", 23)
+    value = nonnegative_int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an ONNX opset from {low} to {high}, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -542,11 +615,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one or more of: onnx (model.onnx), int8 (model_int8.onnx, dynamic quantization of the "
                              "Linear layers), export (torch.export program model.pt2), torchscript (trace model.pt), "
                              "all (default: onnx)")
-    parser.add_argument("--output", default="outputs/export",
+    parser.add_argument("--output", "--output_dir", dest="output", default="outputs/export",
                         help="output folder for the files, preprocessor_config.json and export_info.json "
-                             "(default: outputs/export)")
+                             "(default: outputs/export). Never the --model folder; a folder that holds a finished "
+                             "export or another program's outputs is refused unless --overwrite")
+    parser.add_argument("--overwrite", "--overwrite_output_dir", dest="overwrite", action="store_true",
+                        help="export into a folder that already holds outputs: hf_mae's own files there (an earlier "
+                             "export, a run's checkpoints and logs) are removed first, nothing else")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--onnx_exporter", choices=["legacy", "dynamo"], default="legacy",
                         help="torch.onnx exporter: legacy (TorchScript-based; needs onnx) or dynamo "
                              "(torch.export-based; needs onnxscript too). Default: legacy")
@@ -558,12 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attn_implementation", choices=["sdpa", "eager"], default="sdpa",
                         help="attention kernel traced into the graph (default sdpa; both export and give the "
                              "same numbers)")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+    parser.add_argument("--atol", type=nonnegative_float, default=DEFAULT_ATOL,
                         help=f"largest allowed |exported - PyTorch| for the fp32 formats (default {DEFAULT_ATOL:g})")
-    parser.add_argument("--rtol", type=float, default=0.0,
+    parser.add_argument("--rtol", type=nonnegative_float, default=0.0,
                         help="relative tolerance added to --atol (elementwise, as numpy.allclose; default 0), for "
                              "models whose outputs are large enough that fp32 rounding alone nears --atol")
-    parser.add_argument("--num_check_images", type=int, default=32,
+    parser.add_argument("--num_check_images", type=positive_int, default=32,
                         help="real images in the check (MNIST validation digits for 1 channel, generated "
                              "pictures for 3; default 32)")
     parser.add_argument("--no_check", action="store_true", help="skip the comparison with PyTorch")
@@ -571,7 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    legacy_max = getattr(_onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    if args.onnx_exporter == "legacy" and args.opset > legacy_max and {"onnx", "int8", "all"} & set(args.format):
+        parser.error(f"argument --opset: the legacy ONNX exporter writes opsets up to {legacy_max}, got "
+                     f"{args.opset}; use --onnx_exporter dynamo for a newer one")
+    return args
 
 
 def _human_size(count: int) -> str:
@@ -579,15 +662,26 @@ def _human_size(count: int) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Export as `args` asks. The output folder is checked before anything is loaded (never the --model
+    folder; a finished export or another program's outputs only with --overwrite), the processor is checked
+    against the model before anything is exported, and every file is written whole (a temporary name, then
+    os.replace)."""
     try:
+        out = check_output_dir(args.output, "export", overwrite=args.overwrite, inputs=(args.model,))
         model, processor = load_model(args.model, revision=args.revision, attn_implementation=args.attn_implementation)
-        info = export_model(model, args.output, args.format, processor=processor, check=not args.no_check,
+        check_processor(processor, model.config)
+        take_output_dir(out, "export", overwrite=args.overwrite)
+        info = export_model(model, out, args.format, processor=processor, check=not args.no_check,
                             atol=args.atol, rtol=args.rtol, opset_version=args.opset, onnx_exporter=args.onnx_exporter,
                             per_channel=args.per_channel, keep_fp32=args.int8_keep_fp32,
                             num_check_images=args.num_check_images,
                             source=args.model)
+        mark_finished(out)
     except (MissingExportDependency, PretrainingModelError, ExportParityError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+        message = str(e)
+        if isinstance(e, OutputDirError):  # an export is not resumable: only --overwrite or another folder
+            message = message.replace(" (or --resume_from_checkpoint latest to continue it)", "")
+        raise SystemExit(f"error: {message}") from e
     print(f"exported the {info['kind']} {args.model} -> {args.output}  (outputs: {', '.join(info['outputs'])})")
     for fmt, entry in info["files"].items():
         line = f"  {fmt:<12} {entry['file']:<16} {_human_size(entry['size_bytes']):>10}"
@@ -604,4 +698,8 @@ __all__ = ["FORMATS", "FILE_NAMES", "EncoderForExport", "ClassifierForExport", "
            "PretrainingModelError", "ExportParityError", "require", "wrap_for_export", "load_model",
            "export_onnx", "quantize_int8", "export_program", "export_torchscript", "onnx_session",
            "load_exported", "check_export", "export_model", "natural_images", "real_images", "example_input",
-           "build_parser", "parse_args", "main"]
+           "atomic_file", "check_processor", "build_parser", "parse_args", "main"]
+
+
+if __name__ == "__main__":
+    main(parse_args())

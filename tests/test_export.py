@@ -2,9 +2,12 @@
 loading without hf_mae, and the bad-input errors (pretraining model, missing optional dependency)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -96,7 +99,7 @@ def test_onnx_encoder_matches_pytorch_with_a_dynamic_batch_axis(tmp_path, encode
 
 
 def test_exported_encoder_never_masks(tmp_path, encoder):
-    """The seed's export traces the encoder as is; ours must give the unmasked, deterministic features."""
+    """A plain trace of the encoder would bake in a random mask; ours gives the unmasked, deterministic features."""
     run = onnx_session(export_onnx(encoder, tmp_path / "encoder.onnx"))
     x = pixels(2)
     first = run.run(None, {"pixel_values": x.numpy()})[0]
@@ -294,3 +297,125 @@ def test_dynamo_onnx_exporter_matches_pytorch(tmp_path, encoder):
     pytest.importorskip("onnxscript")
     path = export_onnx(encoder, tmp_path / "encoder.onnx", exporter="dynamo")
     assert check_export(encoder, path)["max_abs_diff"] <= ATOL
+
+
+# --- the CLI owns its output folder; files are written whole; bad values are named ------------------------
+
+def tree(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def export_cli(*argv) -> dict:
+    return main(parse_args([str(a) for a in argv]))
+
+
+def test_a_finished_export_is_never_overwritten_without_the_flag(tmp_path, saved):
+    """`scripts/export.py --model M --output out` twice: the second refuses before loading anything; with
+    --overwrite it replaces hf_mae's files and keeps the user's own."""
+    out = tmp_path / "out"
+    export_cli("--model", saved / "encoder", "--output", out, "--format", "torchscript", "--no_check")
+    marker = json.loads((out / "hf_mae_run.json").read_text())
+    assert (marker["program"], marker["status"]) == ("export", "finished")
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    with pytest.raises(SystemExit, match=r"already holds a finished export.*--overwrite") as info:
+        export_cli("--model", saved / "classifier", "--output", out, "--format", "onnx")
+    assert str(out) in str(info.value.code)
+    assert tree(out) == before
+    info = export_cli("--model", saved / "classifier", "--output_dir", out, "--format", "onnx", "--overwrite")
+    assert info["kind"] == "classifier" and (out / "model.onnx").is_file() and not (out / "model.pt").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_export_never_writes_into_its_input_or_another_programs_outputs(tmp_path, saved):
+    """`--output` equal to `--model` (or a folder holding a pretraining run) is refused; nothing changes."""
+    model_dir = tmp_path / "encoder"
+    shutil.copytree(saved / "encoder", model_dir)
+    before = tree(model_dir)
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match="reads its input") as info:
+            export_cli("--model", model_dir, "--output", model_dir, *flags)
+        assert str(model_dir) in str(info.value.code)
+        with pytest.raises(SystemExit, match="reads its input"):  # overwriting a parent would delete the input
+            export_cli("--model", model_dir, "--output", tmp_path, "--overwrite", *flags)
+    assert tree(model_dir) == before
+    run = tmp_path / "pretrain_run"
+    shutil.copytree(saved / "pretrain", run)
+    (run / "hf_mae_run.json").write_text('{"program": "pretrain", "status": "finished"}')
+    before = tree(run)
+    with pytest.raises(SystemExit, match="already holds the outputs of pretrain"):
+        export_cli("--model", saved / "encoder", "--output", run)
+    assert tree(run) == before
+
+
+def test_a_processor_that_does_not_fit_the_model_is_named_before_any_export(tmp_path, saved):
+    """A 224-pixel processor beside a 16-pixel model died inside onnxruntime (`INVALID_ARGUMENT ... Got: 224
+    Expected: 16`); now both sizes are named before anything is written."""
+    model_dir = tmp_path / "encoder"
+    shutil.copytree(saved / "encoder", model_dir)
+    MAEImageProcessor().save_pretrained(model_dir)  # the default 224 x 224 crop
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"224x224.*16x16"):
+        export_cli("--model", model_dir, "--output", out)
+    assert not out.exists()
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys, torch
+    from hf_mae.export import main, parse_args
+
+    real_export = torch.onnx.export
+
+    def export_then_die(*args, **kwargs):  # the file is being written when the process is killed
+        real_export(*args, **kwargs)
+        path = args[2]
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.onnx.export = export_then_die
+    main(parse_args(["--model", sys.argv[1], "--output", sys.argv[2], "--format", "onnx"]))
+""")
+
+
+def test_a_kill_never_leaves_a_half_written_model_file(tmp_path, saved):
+    """SIGKILL while model.onnx is being written: no model.onnx at all, only a hidden temporary file and the
+    folder marked as an interrupted export; running the export again finishes it and leaves no temporary file."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", KILLED, str(saved / "encoder"), str(out)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == -9, result.stderr[-2000:]  # killed, as the test meant
+    assert sorted(p.name for p in out.iterdir()) == [".model.onnx.tmp", "hf_mae_run.json"]
+    assert json.loads((out / "hf_mae_run.json").read_text())["status"] == "running"
+    export_cli("--model", saved / "encoder", "--output", out, "--format", "onnx")  # the interrupted export, again
+    assert sorted(p.name for p in out.iterdir()) == ["export_info.json", "hf_mae_run.json", "image_processing_mae.py",
+                                                     "model.onnx", "preprocessor_config.json"]
+
+
+def test_a_failed_export_leaves_no_partial_file(tmp_path, encoder, monkeypatch):
+    def broken(*args, **kwargs):
+        Path(args[2]).write_bytes(b"half an onnx file")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_onnx(encoder, tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag,value", [("--opset", "0"), ("--opset", "99"), ("--opset", "21"), ("--atol", "-1"),
+                                        ("--atol", "nan"), ("--rtol", "-0.1"), ("--num_check_images", "0"),
+                                        ("--num_check_images", "2.5")])
+def test_bad_numeric_flags_are_named_at_parse_time(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--model", "m", flag, value])
+    assert info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_module_cli_and_shim(tmp_path):
+    """`python -m hf_mae.export --help` from any folder; scripts/export.py only forwards to it."""
+    result = subprocess.run([sys.executable, "-m", "hf_mae.export", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0 and "--overwrite" in result.stdout and "--output_dir" in result.stdout
+    shim = (Path(__file__).resolve().parents[1] / "scripts" / "export.py").read_text()
+    assert "from hf_mae.export import main, parse_args" in shim and "sys.path" not in shim
