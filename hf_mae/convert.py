@@ -1006,7 +1006,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         temp = temp_dir if kind == "folder" else os.path.join(temp_dir, os.path.basename(output))
         _write(model, report.config, args, kind, temp)
-        if kind == "folder":
+        if kind == "folder":  # mark it as hf_mae output (the training programs then refuse to write into it)
+            from .runner import RUN_MARKER
+
+            with open(os.path.join(temp, RUN_MARKER), "w") as handle:
+                json.dump({"program": "convert", "status": "finished", "input": os.path.abspath(args.input)},
+                          handle, indent=2)
             _move_into_place(temp_dir, output)
             temp_dir = None
         else:

@@ -2,6 +2,7 @@
 without the official code, resolution handling, bad input, and the convert_checkpoint.py CLI."""
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -375,6 +376,8 @@ def test_script_writes_loadable_folders_and_files(tmp_path, capsys):
     loaded = AutoModelForPreTraining.from_pretrained(folder).eval()
     assert_same_state(model.state_dict(), loaded.state_dict())
     assert AutoImageProcessor.from_pretrained(folder).crop_size == {"height": 16, "width": 16}
+    marker = json.loads((folder / "hf_mae_run.json").read_text())  # hf_mae's own output: other programs refuse it
+    assert (marker["program"], marker["status"]) == ("convert", "finished")
     assert isinstance(AutoModel.from_pretrained(folder), MAEModel)
 
     for to, name in [("timm", "vit.safetensors"), ("official", "mae.pth"), ("transformers", "vitmae")]:
@@ -549,3 +552,34 @@ def test_module_cli_runs_from_anywhere(tmp_path):
                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "examples:" in result.stdout and "--overwrite" in result.stdout
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from hf_mae import convert
+
+def write_then_die(model, config, args, kind, temp):
+    os.makedirs(temp, exist_ok=True)
+    Path(temp, "model.safetensors").write_bytes(b"half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+convert._write = write_then_die
+convert.main(convert.parse_args(sys.argv[1:]))
+"""
+
+
+def test_a_killed_conversion_leaves_no_output(tmp_path):
+    """SIGKILL while the hf_mae folder is being written: the output path does not exist (only a hidden
+    temporary folder beside it), so nothing half-written can be loaded by mistake."""
+    source = tmp_path / "timm.safetensors"
+    save_file(export_state_dict(MAEModel(tiny_config()), "timm"), source)
+    out = tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-c", KILLED, str(source), str(out), "--config",
+                             '{"num_attention_heads": 2}'], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert not out.exists()
+    assert [p.name.startswith(".hf.tmp-") for p in tmp_path.iterdir() if p != source] == [True]
+    assert run_convert([str(source), str(out), "--config", '{"num_attention_heads": 2}']) == 0  # a rerun works
+    assert (out / "model.safetensors").stat().st_size > 1000
