@@ -313,7 +313,10 @@ def load_image_datasets(
 
     common = {"cache_dir": cache_dir, "streaming": streaming}
     known_sizes: dict[str, int] = {}  # split sizes known without counting (the embedded default)
-    check_paths_exist(train_dir=train_dir, eval_dir=eval_dir, data_files=data_files)
+    if dataset_name is None:  # local data named by path: a missing or empty path is named (a Hub id is not a path)
+        if data_files is not None:
+            _builder_for_data_files(data_files)  # an unsupported file type first: that is the error to show
+        check_paths_exist(train_dir=train_dir, eval_dir=eval_dir, data_files=data_files)
     if dataset_name is not None and _saved_to_disk(dataset_name):
         source = f"dataset {dataset_name} (save_to_disk folder)"
         loaded = datasets.load_from_disk(dataset_name)

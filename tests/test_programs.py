@@ -309,8 +309,9 @@ def test_a_single_dataset_saved_to_disk_loads(root, tmp_path):
 
 @pytest.mark.parametrize("flag", ["--train_dir", "--data_files"])
 def test_missing_or_empty_data_is_an_error_naming_the_path(root, tmp_path, flag):
-    with pytest.raises(DatasetLoadError, match=f"{flag} .*missing_data"):
-        run("pretrain", root, tmp_path / "a", data=[flag, str(tmp_path / "missing_data")])
+    with pytest.raises(DatasetLoadError, match=f"{flag} .*missing_data"):  # noqa: PT012
+        missing = tmp_path / ("missing_data" if flag == "--train_dir" else "missing_data.parquet")
+        run("pretrain", root, tmp_path / "a", data=[flag, str(missing)])
     if flag == "--train_dir":
         (tmp_path / "empty_data").mkdir()
         with pytest.raises(DatasetLoadError, match="empty_data holds no files"):
