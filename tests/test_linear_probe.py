@@ -12,8 +12,8 @@ from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
 from hf_mae.convert import fold_batchnorm
-from hf_mae.evaluation import load_classifier
-from hf_mae.linear_probe import ProbeHead, main, parse_args, probe_logits
+from hf_mae.evaluation import ProbeHead, load_classifier, probe_logits
+from hf_mae.linear_probe import main, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +46,16 @@ def eval_batch(root: Path, processor) -> dict:
 
 
 def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, monkeypatch):
-    import hf_mae.linear_probe as probing
+    import hf_mae.evaluation as evaluation  # the cached-features head trains there
 
     optimizers = []
 
-    class SpyLARS(probing.LARS):
+    class SpyLARS(evaluation.LARS):
         def __init__(self, params, **kwargs):
             super().__init__(params, **kwargs)
             optimizers.append(self)
 
-    monkeypatch.setattr(probing, "LARS", SpyLARS)
+    monkeypatch.setattr(evaluation, "LARS", SpyLARS)
     out = tmp_path / "probe"
     results = probe(root, out, "--cache_features", "--blr", "100", "--epochs", "60")
     assert results["top1"] >= 90 and results["top5"] == 100  # 2 separable classes: chance is 50%

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from hf_mae import finetuning, knn_eval, linear_probe, pretraining
 from hf_mae.checkpointing import CheckpointError
 from hf_mae.data import DatasetLoadError
+from hf_mae.evaluation import ProbeHead
 from hf_mae.loop import NoDecodableImagesError, NonFiniteLossError, WarmupWarning, plan_schedule
 from hf_mae.runner import OutputDirError
 from hf_mae.train_loader import seeded_generator
@@ -200,7 +201,7 @@ def test_nonfinite_losses_are_skipped_logged_and_stop_with_an_intact_checkpoint(
         nan_after(monkeypatch, MAEForImageClassification, "forward", 4)  # epoch 1 (4 steps) is healthy
         argv = ("finetune", "--epochs", "3", "--max_nonfinite_steps", "3", "--logging_steps", "1")
     else:
-        nan_after(monkeypatch, linear_probe.ProbeHead, "forward", 4)
+        nan_after(monkeypatch, ProbeHead, "forward", 4)
         argv = ("probe", "--epochs", "3", "--max_nonfinite_steps", "3", "--eval_every", "0", "--logging_steps", "1",
                 *(("--augment",) if program == "probe_augment" else ()))
     with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row had a non-finite loss") as error:
