@@ -61,7 +61,7 @@ PUSH_COMMAND = ["python", "-m", "hf_mae.hub"]  # what `scripts/push_to_hub.py` r
 # whose request fails with a timeout, a network error or an HTTP 408 / 429 / 5xx is tried ATTEMPTS times in all,
 # RETRY_BACKOFF_S, 2x, 4x ... seconds apart. Override with push_to_hub(timeout=, attempts=), the CLI's --timeout
 # / --attempts, or the environment variables below (for the training programs' --push_to_hub).
-DEFAULT_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 DEFAULT_ATTEMPTS = 3
 RETRY_BACKOFF_S = 2.0
@@ -167,7 +167,7 @@ def _setting(value, env: str, default, parse, what: str):
 
 
 def hub_timeout(timeout: float | None = None) -> float:
-    """Seconds a Hub request may wait for an answer: `timeout`, else $HF_MAE_HUB_TIMEOUT, else 120."""
+    """Seconds a Hub request may wait for an answer: `timeout`, else $HF_MAE_HUB_TIMEOUT, else 60."""
     return _setting(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT, float, "the Hub timeout")
 
 
@@ -689,6 +689,7 @@ def _describe_http_error(err: Exception, repo_id: str, token: str | None = None)
 def push_folder(upload: Upload, *, api: HfApi, private: bool = False, revision: str | None = None) -> str:
     """Push one built folder as one commit; returns the commit URL. Raises HfHubHTTPError, network errors,
     or a ValueError when the name belongs to a repo of another type (push_to_hub makes HubPushErrors)."""
+    logger.info("Creating or finding the model repo %s at %s", upload.repo_id, api.endpoint)
     repo_url = api.create_repo(upload.repo_id, repo_type="model", private=private or None, exist_ok=True)
     if getattr(repo_url, "repo_type", "model") not in (None, "model"):
         raise ValueError(f"{upload.repo_id} already exists as a {repo_url.repo_type} repo, not a model repo; "
@@ -732,7 +733,7 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
     `checkpoint`: a pretraining output folder (full model at its root, `encoder/`); `probe`: a linear-probe
     output folder. `format` ("hf_mae" or "vit") applies to the encoder and the probe. With `dry_run_dir` the
     folders are built there and described, and nothing is pushed (no token needed). `timeout`: seconds a Hub
-    request may wait for an answer (default $HF_MAE_HUB_TIMEOUT, else 120); `attempts`: tries per repo after
+    request may wait for an answer (default $HF_MAE_HUB_TIMEOUT, else 60); `attempts`: tries per repo after
     timeouts, network errors and HTTP 408 / 429 / 5xx (default $HF_MAE_HUB_ATTEMPTS, else 3). Raises
     HubPushError on any push failure (the token redacted from everything it shows); ValueError /
     FileNotFoundError for bad inputs, before anything is pushed.

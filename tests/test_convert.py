@@ -413,6 +413,8 @@ def test_script_help_documents_every_flag():
         assert flag in result.stdout
     assert "hf_mae,official,timm,transformers" in result.stdout.replace(" ", "")
     assert "examples:" in result.stdout and "scripts/convert_checkpoint.py mae_pretrain_vit_base.pth" in result.stdout
+    for action in convert_module.build_parser()._actions:
+        assert action.help, action.option_strings or action.dest
 
 
 # --- anything that is not a checkpoint: ConversionError naming the path and what it is ---------------------

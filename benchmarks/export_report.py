@@ -5,12 +5,13 @@ section come from here.
 
     accelerate launch scripts/pretrain.py                                  # -> outputs/pretrain/encoder
     accelerate launch scripts/linear_probe.py --model outputs/pretrain     # -> outputs/probe
-    python scripts/export_report.py --probe outputs/probe --rounds 7 --json outputs/export_report.json
+    python benchmarks/export_report.py --probe outputs/probe --rounds 7 --json outputs/export_report.json
 
 The probe comes from `--probe`, else `outputs/probe`; without one, a probe is trained here with
 scripts/linear_probe.py's program on `--encoder` (default `outputs/pretrain/encoder`, else a randomly
-initialised `mae-vit-mnist-patch4` encoder, seed 0). Accuracy is measured on the embedded held-out split
-(1,000 MNIST digits) through the probe's image processor.
+initialised `mae-vit-mnist-patch4` encoder, seed 0) into `<output>/probe`, and reused from there by later
+runs. Accuracy is measured on the embedded held-out split (1,000 MNIST digits) through the probe's image
+processor.
 
 Latency: every backend runs the same preprocessed digits with the same number of threads (`--threads`,
 default 1: on a shared 2-core machine two OpenMP threads collapse under load, 5 ms -> 450 ms for one image),
@@ -81,12 +82,17 @@ def resolve_probe(args) -> tuple[str, str]:
         where = "a random-init mae-vit-mnist-patch4 encoder (seed 0)"
     else:
         where = f"encoder {encoder}"
-    from hf_mae.probing import main as probe_main
-    from hf_mae.probing import parse_args as probe_args
+    from hf_mae.linear_probe import main as probe_main
+    from hf_mae.linear_probe import parse_args as probe_args
+    from hf_mae.runner import read_run_marker
 
-    probe = str(output / "probe")
-    probe_main(probe_args(["--model", encoder, "--output_dir", probe, "--num_workers", "0"]))
-    return probe, f"linear probe trained here (scripts/linear_probe.py defaults) on {where}"
+    probe = output / "probe"
+    marker = read_run_marker(probe) or {}
+    if marker.get("program") == "linear probe" and marker.get("status") == "finished":
+        return str(probe), f"linear probe trained by an earlier run of this report ({probe})"
+    flags = ["--overwrite_output_dir"] if probe.exists() else []  # this report's own scratch folder
+    probe_main(probe_args(["--model", encoder, "--output_dir", str(probe), "--num_workers", "0", *flags]))
+    return str(probe), f"linear probe trained here (scripts/linear_probe.py defaults) on {where}"
 
 
 def file_size(path) -> int:
