@@ -31,6 +31,11 @@ from .modeling_mae import MAEForImageClassification
 from .optim import LARS, lr_at_step, set_lr
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
+# The linear probe on cached features (the probe program's defaults and the pretraining monitor's): sized for
+# the embedded default data, or the official recipe for any other dataset. On 4,000 digits LARS needs a far
+# larger base lr than on ImageNet (BENCHMARKS.md).
+PROBE_EMBEDDED_DEFAULTS = {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256}
+PROBE_PAPER_DEFAULTS = {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512}
 DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default
 MAE_ARCHITECTURES = ("MAEModel", "MAEForPreTraining", "MAEForImageClassification")
 
@@ -280,31 +285,43 @@ def valid_rows(accelerator, batch, *values):
 
 
 @torch.no_grad()
-def extract_features(accelerator, encoder, loader, pooling: str = "cls", desc: str = "features",
-                     raw_pixels: bool = False) -> Features:
-    """Features (N, D), labels (N,) and the skipped count of a prepared `eval_dataloader`, on every process.
+def extract_pooled_features(accelerator, encoder, loader, poolings=("cls",), desc: str = "features",
+                            raw_pixels: bool = False) -> dict[str, Features]:
+    """Per pooling ("cls", "mean"; "raw_pixels" with `raw_pixels=True`), the features (N, D), labels (N,) and
+    skipped count of a prepared `eval_dataloader`, on every process, from one pass of the encoder.
 
-    `encoder` is an `MAEModel` (no masking); `raw_pixels=True` returns flattened pixels instead, as the
-    baseline every learned representation must beat. A split with no decodable image is a ValueError.
+    `encoder` is an `MAEModel` (no masking); raw pixels are the baseline every learned representation must
+    beat. A split with no decodable image is a ValueError.
     """
     was_training = encoder.training
     encoder.eval()
-    features, labels, skipped = [], [], 0
+    names = ("raw_pixels",) if raw_pixels else tuple(poolings)
+    features, labels, skipped = {name: [] for name in names}, [], 0
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         pixels = batch["pixel_values"]
         if raw_pixels:
-            feats = pixels.flatten(1).float()
+            pooled = [pixels.flatten(1).float()]
         else:
             with accelerator.autocast():
-                feats = pool_tokens(encoder(pixels).last_hidden_state, pooling).float()
-        bad, (feats, batch_labels) = valid_rows(accelerator, batch, feats, batch["labels"])
+                tokens = encoder(pixels).last_hidden_state
+            pooled = [pool_tokens(tokens, name).float() for name in names]
+        bad, gathered = valid_rows(accelerator, batch, *pooled, batch["labels"])
         skipped += bad
-        features.append(feats.cpu())
-        labels.append(batch_labels.cpu())
+        for name, values in zip(names, gathered[:-1]):
+            features[name].append(values.cpu())
+        labels.append(gathered[-1].cpu())
     encoder.train(was_training)
-    if not features or sum(len(f) for f in features) == 0:
+    if not labels or sum(len(y) for y in labels) == 0:
         raise ValueError(f"{desc}: no decodable image in this split ({skipped} skipped): nothing to evaluate.")
-    return Features(torch.cat(features), torch.cat(labels), skipped)
+    all_labels = torch.cat(labels)
+    return {name: Features(torch.cat(values), all_labels, skipped) for name, values in features.items()}
+
+
+def extract_features(accelerator, encoder, loader, pooling: str = "cls", desc: str = "features",
+                     raw_pixels: bool = False) -> Features:
+    """`extract_pooled_features` for one pooling (or the raw pixels)."""
+    found = extract_pooled_features(accelerator, encoder, loader, (pooling,), desc=desc, raw_pixels=raw_pixels)
+    return next(iter(found.values()))
 
 
 def extract_split_features(accelerator, encoder, dataset, processor, args, desc: str) -> Features:
@@ -497,8 +514,9 @@ def evaluate_classifier(accelerator, model, loader) -> dict[str, float]:
     return {**metric.compute(), "loss": loss_sum / count, "skipped_images": skipped}
 
 
-__all__ = ["ACCURACY_TOPK_PATH", "DEFAULT_MODEL", "Features", "ProbeHead", "add_model_arguments", "collate_slots",
-           "dataset_name", "eval_dataloader", "evaluate_classifier", "evaluate_probe", "extract_features",
+__all__ = ["ACCURACY_TOPK_PATH", "DEFAULT_MODEL", "Features", "PROBE_EMBEDDED_DEFAULTS", "PROBE_PAPER_DEFAULTS",
+           "ProbeHead", "add_model_arguments", "collate_slots", "dataset_name", "eval_dataloader",
+           "evaluate_classifier", "evaluate_probe", "extract_features", "extract_pooled_features",
            "extract_split_features", "init_head", "knn_accuracy", "knn_predict", "labelled_splits", "limit_samples",
            "load_classifier", "load_topk_metric", "new_probe_head", "pool_tokens", "prepare_data", "probe_logits",
            "read_mae_config", "reset_classifier_head", "topk_accuracy", "train_probe_head", "valid_rows"]

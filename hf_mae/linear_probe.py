@@ -40,6 +40,8 @@ from torch import nn
 from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers
 from .evaluation import (
+    PROBE_EMBEDDED_DEFAULTS,
+    PROBE_PAPER_DEFAULTS,
     ProbeHead,
     add_model_arguments,
     dataset_name,
@@ -72,10 +74,8 @@ from .runner import (
 )
 from .train_loader import train_dataloader
 
-# Flags left unset take these values: sized for the embedded default data, or the official linear-probe recipe
-# for any other dataset. On 4,000 digits LARS needs a far larger base lr than on ImageNet (BENCHMARKS.md).
-EMBEDDED_DEFAULTS = {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256}
-PAPER_DEFAULTS = {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512}
+# Flags left unset take these values: sized for the embedded default data, or the official recipe.
+EMBEDDED_DEFAULTS, PAPER_DEFAULTS = PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS
 
 
 def _weights_digest(module: nn.Module) -> str:

@@ -28,7 +28,16 @@ from .checkpointing import count_nonfinite, save_pretrained_atomic
 from .configuration_mae import PRESETS, MAEConfig
 from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
-from .evaluation import eval_dataloader, extract_features, knn_accuracy
+from .evaluation import (
+    PROBE_EMBEDDED_DEFAULTS,
+    PROBE_PAPER_DEFAULTS,
+    eval_dataloader,
+    evaluate_probe,
+    extract_pooled_features,
+    knn_accuracy,
+    new_probe_head,
+    train_probe_head,
+)
 from .image_processing_mae import MAEImageProcessor
 from .loop import TrainingLoop, placeholder_batch, plan_schedule
 from .modeling_mae import MAEForPreTraining
@@ -114,18 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--no_hflip", action="store_true", help="disable the random horizontal flip")
 
     run = add_run_arguments(parser, output_dir="outputs/pretrain")
-    monitor = parser.add_argument_group("pictures and kNN monitor")
+    monitor = parser.add_argument_group("pictures and the representation monitor")
     monitor.add_argument("--image_log_every", type=nonnegative_int, default=25,
                          help="reconstruction grid every N epochs (0: only at the end)")
-    monitor.add_argument("--recon_statistics", choices=["visible", "target"], default="visible",
-                         help="patch statistics that undo norm-pix in pictures: 'visible' (no leak) or 'target' "
-                              "(the masked patches' own statistics: leaks them, as the official demo)")
-    monitor.add_argument("--knn_every", type=knn_every, default=0,
-                         help="kNN monitor on the held-out split every N epochs (0: start and end; -1: off)")
-    monitor.add_argument("--knn_max_train_samples", type=positive_int, default=20000,
-                         help="training images the kNN monitor uses as neighbours")
-    monitor.add_argument("--knn_max_eval_samples", type=positive_int, default=10000,
-                         help="held-out images the kNN monitor classifies")
+    monitor.add_argument("--recon_statistics", choices=["visible", "target"], default="target",
+                         help="patch statistics that undo norm-pix in pictures: 'target' (each masked patch's own "
+                              "brightness and contrast: a recognisable picture at every stage, but it leaks them "
+                              "into the picture, as the official demo) or 'visible' (the visible patches' "
+                              "statistics: no leak, a flat picture until the model is good); the final grid is "
+                              "drawn both ways")
+    monitor.add_argument("--monitor_every", "--knn_every", type=knn_every, default=0,
+                         help="linear probe and kNN of the frozen encoder on the held-out split every N epochs "
+                              "(0: at the start and the end; -1: off)")
+    monitor.add_argument("--monitor_max_train_samples", "--knn_max_train_samples", type=positive_int, default=20000,
+                         help="training images the monitor's probe trains on (and kNN uses as neighbours)")
+    monitor.add_argument("--monitor_max_eval_samples", "--knn_max_eval_samples", type=positive_int, default=10000,
+                         help="held-out images the monitor classifies")
     monitor.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
                          help="images per device for the monitor's feature extraction")
     add_push_arguments(run, "the full model and encoder", "encoder: <id>-encoder")
@@ -186,17 +199,23 @@ def log_reconstructions(model, processor, pixels, noise, path, statistics: str) 
     pictures = processor.postprocess_reconstruction(
         out.logits, pixels, out.mask, norm_pix_loss=model.config.norm_pix_loss,
         statistics=statistics if model.config.norm_pix_loss else None)
-    reconstruction_grid(pictures, path)
+    what = {"target": "norm-pix undone with each masked patch's own statistics (they leak into the picture)",
+            "visible": "norm-pix undone with the visible patches' statistics (no leak)", None: "pixel targets"}
+    shown = what[statistics if model.config.norm_pix_loss else None]
+    reconstruction_grid(pictures, path, title=f"{Path(path).stem}: {shown}")
     model.train()
 
 
 class Monitor:
-    """What a run shows while it trains: reconstruction grids of fixed held-out images and masks, and the kNN
-    top-1 of the encoder's features on the held-out split (against raw pixels and the random-init encoder)."""
+    """What a run shows while it trains: reconstruction grids of fixed held-out images and masks, and what the
+    encoder's frozen features are worth on the held-out split. The measure MAE is built for is a linear probe
+    (cached features, CLS and mean pooling; a fresh head each time, seeded); kNN is the second line. Raw
+    pixels and the random-init encoder are measured the same way at the start of a fresh run."""
 
     def __init__(self, accelerator, args, model, processor, train_data, eval_data, info):
         self.accelerator, self.args, self.model, self.processor = accelerator, args, model, processor
         self.num_labels, self.results = info.num_labels, {}
+        self.probe_settings = PROBE_EMBEDDED_DEFAULTS if is_embedded(args) else PROBE_PAPER_DEFAULTS
         self.grid_pixels = self.grid_noise = None
         if eval_data is not None and not info.streaming and accelerator.is_main_process:
             pictures = eval_dataloader(eval_data.select(range(min(8, len(eval_data)))), processor, 8)
@@ -204,44 +223,71 @@ class Monitor:
             self.grid_pixels = batch["pixel_values"][batch["valid"]].to(accelerator.device)
             self.grid_noise = torch.rand(len(self.grid_pixels), model.config.num_patches,
                                          generator=torch.Generator().manual_seed(0))
-        self.knn_enabled = args.knn_every >= 0 and eval_data is not None and bool(info.num_labels) \
+        self.enabled = args.monitor_every >= 0 and eval_data is not None and bool(info.num_labels) \
             and not info.streaming
-        if self.knn_enabled:
-            splits = (train_data.select(range(min(len(train_data), args.knn_max_train_samples))),
-                      eval_data.select(range(min(len(eval_data), args.knn_max_eval_samples))))
-            self.knn_loaders = [accelerator.prepare(eval_dataloader(d, processor, args.eval_batch_size,
-                                                                    strict=args.strict_images)) for d in splits]
+        if self.enabled:
+            splits = (train_data.select(range(min(len(train_data), args.monitor_max_train_samples))),
+                      eval_data.select(range(min(len(eval_data), args.monitor_max_eval_samples))))
+            self.loaders = [accelerator.prepare(eval_dataloader(d, processor, args.eval_batch_size,
+                                                                strict=args.strict_images)) for d in splits]
 
-    def knn(self, raw_pixels: bool = False) -> float:
-        (train_f, train_y, _), (eval_f, eval_y, _) = [
-            extract_features(self.accelerator, self.model.encoder, loader, raw_pixels=raw_pixels,
-                             desc="kNN features") for loader in self.knn_loaders]
-        return knn_accuracy(train_f, train_y, eval_f, eval_y, self.num_labels)
+    def probe(self, train, held_out) -> float:
+        """Held-out top-1 of a fresh linear probe (BatchNorm + Linear, LARS) trained on cached features."""
+        settings = self.probe_settings
+        with torch.random.fork_rng(devices=[]):  # the head's init draws from a seed of its own
+            torch.manual_seed(self.args.seed)
+            head = new_probe_head(train.features.shape[1], self.num_labels)
+        batch = min(settings["per_device_batch_size"], len(train.features))
+        train_probe_head(head, train.features, train.labels, epochs=settings["epochs"], batch_size=batch,
+                         lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"],
+                         seed=self.args.seed, disable_progress=True)
+        return evaluate_probe(head, held_out.features, held_out.labels)["top1"]
+
+    def measure(self, raw_pixels: bool = False) -> dict[str, float]:
+        """{"probe_top1_cls", "probe_top1_mean", "knn_top1"} of the encoder now (or of the raw pixels:
+        {"probe_top1", "knn_top1"})."""
+        train, held_out = [extract_pooled_features(self.accelerator, self.model.encoder, loader, ("cls", "mean"),
+                                                   desc="monitor features", raw_pixels=raw_pixels)
+                           for loader in self.loaders]
+        if raw_pixels:
+            (train,), (held_out,) = train.values(), held_out.values()
+            return {"probe_top1": self.probe(train, held_out),
+                    "knn_top1": knn_accuracy(*train[:2], *held_out[:2], self.num_labels)}
+        return {"probe_top1_cls": self.probe(train["cls"], held_out["cls"]),
+                "probe_top1_mean": self.probe(train["mean"], held_out["mean"]),
+                "knn_top1": knn_accuracy(*train["cls"][:2], *held_out["cls"][:2], self.num_labels)}
 
     def start(self, run_log) -> None:
-        """kNN of raw pixels and of the random-init encoder (a fresh run only)."""
-        if not self.knn_enabled:
+        """Raw pixels and the random-init encoder (a fresh run only)."""
+        if not self.enabled:
             return
-        self.results = {"knn_top1_raw_pixels": self.knn(raw_pixels=True), "knn_top1_init": self.knn()}
-        self.accelerator.print(f"kNN top-1 on the held-out split: raw pixels {self.results['knn_top1_raw_pixels']:.2f}%"
-                               f", random-init encoder {self.results['knn_top1_init']:.2f}%")
-        run_log.write({"event": "knn", "step": 0, "knn_top1": self.results["knn_top1_init"],
-                       "knn_top1_raw_pixels": self.results["knn_top1_raw_pixels"]}, step=0)
+        raw, init = self.measure(raw_pixels=True), self.measure()
+        self.results = {"probe_top1_raw_pixels": raw["probe_top1"], "probe_top1_init": init["probe_top1_cls"],
+                        "probe_top1_init_mean": init["probe_top1_mean"], "knn_top1_raw_pixels": raw["knn_top1"],
+                        "knn_top1_init": init["knn_top1"]}
+        run_log.write({"event": "monitor", "step": 0, **self.results}, step=0)
+        self.accelerator.print(
+            f"held-out linear probe top-1 before training: raw pixels {raw['probe_top1']:.2f}%, random-init "
+            f"encoder {init['probe_top1_cls']:.2f}% (CLS) / {init['probe_top1_mean']:.2f}% (mean); kNN: raw pixels "
+            f"{raw['knn_top1']:.2f}%, random init {init['knn_top1']:.2f}%")
 
     def epoch_end(self, epoch_done: int, done: bool, step: int, run_log, out_dir: Path) -> None:
         args = self.args
         if args.image_log_every and epoch_done % args.image_log_every == 0 and self.grid_pixels is not None:
             log_reconstructions(self.model, self.processor, self.grid_pixels, self.grid_noise,
                                 out_dir / "reconstructions" / f"epoch_{epoch_done:04d}.png", args.recon_statistics)
-        if self.knn_enabled and args.knn_every > 0 and epoch_done % args.knn_every == 0 and not done:
-            accuracy = self.knn()
-            run_log.write({"event": "knn", "step": step, "epoch": epoch_done, "knn_top1": accuracy}, step=step)
-            self.accelerator.print(f"epoch {epoch_done}: kNN top-1 {accuracy:.2f}%")
+        if self.enabled and args.monitor_every > 0 and epoch_done % args.monitor_every == 0 and not done:
+            now = self.measure()
+            run_log.write({"event": "monitor", "step": step, "epoch": epoch_done, **now}, step=step)
+            self.accelerator.print(f"epoch {epoch_done}: linear probe top-1 {now['probe_top1_cls']:.2f}% (CLS) / "
+                                   f"{now['probe_top1_mean']:.2f}% (mean), kNN {now['knn_top1']:.2f}%")
 
     def end(self, step: int, run_log) -> None:
-        if self.knn_enabled:
-            self.results["knn_top1"] = self.knn()
-            run_log.write({"event": "knn", "step": step, "knn_top1": self.results["knn_top1"]}, step=step)
+        if self.enabled:
+            self.results.update(self.measure())
+            run_log.write({"event": "monitor", "step": step, **{k: self.results[k] for k in
+                                                                ("probe_top1_cls", "probe_top1_mean", "knn_top1")}},
+                          step=step)
 
     def final_pictures(self, model, out_dir: Path) -> None:
         if self.grid_pixels is None:
@@ -344,14 +390,19 @@ def save_outputs(model, processor, monitor: Monitor, out_dir: Path) -> None:
 
 
 def print_summary(accelerator, results: dict, out_dir: Path) -> None:
-    summary = [f"final loss {results['final_loss']}"]
-    if "knn_top1" in results:
-        summary.append(f"held-out kNN top-1: trained {results['knn_top1']:.2f}% | random init "
-                       f"{results.get('knn_top1_init', float('nan')):.2f}% | raw pixels "
-                       f"{results.get('knn_top1_raw_pixels', float('nan')):.2f}%")
+    def percent(key):
+        return f"{results[key]:.2f}%" if key in results else "n/a"
+
+    summary = [f"done in {results['wall_time_s']:.0f} s; final loss {results['final_loss']}"]
+    if "probe_top1_cls" in results:
+        summary.append(f"  held-out linear probe top-1: CLS {percent('probe_top1_cls')} | mean "
+                       f"{percent('probe_top1_mean')} | random init {percent('probe_top1_init')} | raw pixels "
+                       f"{percent('probe_top1_raw_pixels')}")
+        summary.append(f"  held-out kNN top-1 (CLS):    trained {percent('knn_top1')} | random init "
+                       f"{percent('knn_top1_init')} | raw pixels {percent('knn_top1_raw_pixels')}")
     if results.get("skipped_images"):
-        summary.append(f"{results['skipped_images']} undecodable training images skipped")
-    accelerator.print("\n".join([f"done in {results['wall_time_s']:.0f} s; " + "; ".join(summary),
+        summary.append(f"  {results['skipped_images']} undecodable training images skipped")
+    accelerator.print("\n".join([*summary,
                                  f"  full model + processor: {out_dir}  (AutoModelForPreTraining)",
                                  f"  encoder:                {out_dir / 'encoder'}  (AutoModel)",
                                  f"  logs and figures:       {out_dir / 'log.jsonl'}, {out_dir / 'loss_curve.png'},"

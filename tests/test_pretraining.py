@@ -60,11 +60,16 @@ def test_imagefolder_run_writes_every_output(data_root, tmp_path):
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_mae.py",
                  "encoder/config.json", "encoder/model.safetensors", "training_args.json", "log.jsonl",
                  "results.json", "loss_curve.png", "reconstruction_final.png",
-                 "reconstruction_final_target_statistics.png", "reconstructions/epoch_0001.png"):
+                 "reconstruction_final_visible_statistics.png", "reconstructions/epoch_0001.png"):
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["final_loss"] == results["final_loss"] and math.isfinite(saved["final_loss"])
     assert 0 <= saved["knn_top1"] <= 100 and "knn_top1_init" in saved and "knn_top1_raw_pixels" in saved
+    for key in ("probe_top1_cls", "probe_top1_mean", "probe_top1_raw_pixels", "probe_top1_init"):  # the monitor
+        assert 0 <= saved[key] <= 100, key
+    monitor = [r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+               if r.get("event") == "monitor"]
+    assert [r["step"] for r in monitor] == [0, 8] and monitor[-1]["probe_top1_cls"] == saved["probe_top1_cls"]
     assert saved["effective_batch_size"] == 8 and saved["lr"] == pytest.approx(1e-3 * 8 / 256)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
