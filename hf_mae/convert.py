@@ -931,6 +931,11 @@ def _check_output(args) -> str:
     if os.path.isdir(output) and os.path.commonpath([source, output]) == output:
         raise ConversionError(f"the input {args.input} is inside the output folder {args.output}: replacing "
                               f"the output would delete the input; give another output")
+    parent = os.path.dirname(output)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ConversionError(f"cannot write {args.output}: {parent} is a file, not a folder")
     if _is_non_empty(output) and not args.overwrite:
         raise FileExistsError(f"{args.output} exists and is not empty; pass --overwrite to replace it (it is "
                               f"removed only once the new output is complete)")
@@ -998,8 +1003,12 @@ def main(args: argparse.Namespace) -> int:
     print(report.format(max_keys=None if args.verbose else 8))
     output = os.path.abspath(args.output)
     parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would stay on the output folder

@@ -608,7 +608,8 @@ def build_upload_folders(out_dir, *, checkpoint=None, probe=None, encoder_repo: 
         raise ValueError("nothing to push: give at least one of encoder_repo, probe_repo, pretrain_repo")
     for name, path in (("checkpoint", checkpoint), ("probe", probe)):
         if path is not None and not Path(path).is_dir():
-            raise FileNotFoundError(f"{name} folder {path} does not exist")
+            what = "is a file, not a folder" if Path(path).exists() else "does not exist"
+            raise FileNotFoundError(f"{name} folder {path} {what}")
     out_dir = Path(out_dir)
     repos = {"pretraining": pretrain_repo, "encoder": encoder_repo, "probe": probe_repo}
     related = {kind: repo for kind, repo in repos.items() if repo}
@@ -745,6 +746,8 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
     sources = [Path(p) for p in (checkpoint, probe) if p is not None]
     if dry_run_dir is not None:
         dry_run_dir = Path(dry_run_dir)
+        if dry_run_dir.exists() and not dry_run_dir.is_dir():
+            raise FileExistsError(f"--dry_run {dry_run_dir} is a file: give a new or empty folder")
         if dry_run_dir.exists() and any(dry_run_dir.iterdir()):
             raise FileExistsError(f"--dry_run folder {dry_run_dir} is not empty: give a new or empty one")
         for source in sources:

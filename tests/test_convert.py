@@ -585,3 +585,11 @@ def test_a_killed_conversion_leaves_no_output(tmp_path):
     assert [p.name.startswith(".hf.tmp-") for p in tmp_path.iterdir() if p != source] == [True]
     assert run_convert([str(source), str(out), "--config", '{"num_attention_heads": 2}']) == 0  # a rerun works
     assert (out / "model.safetensors").stat().st_size > 1000
+
+
+def test_an_output_under_a_file_is_named(tmp_path, capsys):
+    source = tmp_path / "timm.safetensors"
+    save_file(export_state_dict(MAEModel(tiny_config()), "timm"), source)
+    (tmp_path / "afile").write_text("x")
+    assert run_convert([str(source), str(tmp_path / "afile" / "x.pth"), "--to", "official"]) == 1
+    assert "afile is a file, not a folder" in capsys.readouterr().err

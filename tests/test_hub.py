@@ -584,6 +584,9 @@ def test_cli_help_dry_run_and_argument_errors(runs, tmp_path, monkeypatch, capsy
     inside = runs.pre / "plan"
     assert run_cli([*encoder_only, str(inside)]) == 2
     assert "inside" in capsys.readouterr().err and not inside.exists()
+    (tmp_path / "afile").write_text("x")
+    assert run_cli([*encoder_only, str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
     for argv in (["--probe", str(runs.probe)], ["--encoder_repo", "me/enc"], []):
         with pytest.raises(SystemExit) as info:
             cli.parse_args(argv)
