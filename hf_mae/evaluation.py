@@ -29,6 +29,7 @@ from .image_processing_mae import MAEImageProcessor
 from .loop import NonFiniteGuard
 from .modeling_mae import MAEForImageClassification
 from .optim import LARS, lr_at_step, set_lr
+from .runner import positive_int
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
 # The linear probe on cached features (the probe program's defaults and the pretraining monitor's): sized for
@@ -61,6 +62,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, pooling_default: str,
                            help="baseline: flattened, normalised pixels as features (the model only sets "
                                 "the preprocessing)")
     return model
+
+
+def add_sample_arguments(group) -> None:
+    """--max_train_samples / --max_eval_samples / --eval_batch_size of the evaluation programs."""
+    group.add_argument("--max_train_samples", type=positive_int, default=None,
+                       help="random subset of the training split")
+    group.add_argument("--max_eval_samples", type=positive_int, default=None,
+                       help="random subset of the held-out split")
+    group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
+                       help="images per device for feature extraction and evaluation")
 
 
 def dataset_name(args):
@@ -515,8 +526,8 @@ def evaluate_classifier(accelerator, model, loader) -> dict[str, float]:
 
 
 __all__ = ["ACCURACY_TOPK_PATH", "DEFAULT_MODEL", "Features", "PROBE_EMBEDDED_DEFAULTS", "PROBE_PAPER_DEFAULTS",
-           "ProbeHead", "add_model_arguments", "collate_slots", "dataset_name", "eval_dataloader",
-           "evaluate_classifier", "evaluate_probe", "extract_features", "extract_pooled_features",
+           "ProbeHead", "add_model_arguments", "add_sample_arguments", "collate_slots", "dataset_name",
+           "eval_dataloader", "evaluate_classifier", "evaluate_probe", "extract_features", "extract_pooled_features",
            "extract_split_features", "init_head", "knn_accuracy", "knn_predict", "labelled_splits", "limit_samples",
            "load_classifier", "load_topk_metric", "new_probe_head", "pool_tokens", "prepare_data", "probe_logits",
            "read_mae_config", "reset_classifier_head", "topk_accuracy", "train_probe_head", "valid_rows"]

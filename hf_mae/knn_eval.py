@@ -14,6 +14,7 @@ import time
 from .data_args import add_data_arguments
 from .evaluation import (
     add_model_arguments,
+    add_sample_arguments,
     dataset_name,
     extract_split_features,
     knn_accuracy,
@@ -32,11 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--k", type=positive_int, default=20, help="neighbours that vote (default 20)")
     knn.add_argument("--temperature", type=positive_float, default=0.07, help="vote weight exp(similarity / T)")
     run = add_run_arguments(parser, output_dir="outputs/knn", mixed_precision="no", training=False)
-    run.add_argument("--max_train_samples", type=positive_int, default=None,
-                     help="random subset of the training split (the neighbours)")
-    run.add_argument("--max_eval_samples", type=positive_int, default=None, help="random subset of the held-out split")
-    run.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
-                     help="images per device for feature extraction")
+    add_sample_arguments(run)
     return parser
 
 
