@@ -57,7 +57,7 @@ from torch import nn
 
 from .configuration_mae import MAEConfig
 from .convert import fold_batchnorm
-from .image_processing_mae import MAEImageProcessor
+from .image_processing_mae import MAEImageProcessor, check_processor_matches
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
 from .runner import (
     OutputDirError,
@@ -581,22 +581,6 @@ def _save_processor(processor, output_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_processor(processor, config: MAEConfig) -> None:
-    """Raise a ValueError naming both sizes when the processor's output does not fit the model (e.g. a
-    224-pixel processor saved beside a 32-pixel model: every exported file would reject its images)."""
-    check = getattr(processor, "check_matches", None)
-    if check is not None:
-        check(config)
-        return
-    # another processor class (e.g. transformers' ViTImageProcessor): compare the output size
-    size = processor.crop_size if getattr(processor, "do_center_crop", False) else getattr(processor, "size", None)
-    size = dict(size or {})
-    if "height" in size and (size["height"], size["width"]) != tuple(config.image_hw):
-        raise ValueError(f"image processor and model disagree: the processor outputs {size['height']}x"
-                         f"{size['width']} pixels, the model takes {config.image_hw[0]}x{config.image_hw[1]} "
-                         f"(image_size={config.image_size})")
-
-
 def _opset(text: str) -> int:
     """`--opset`: an ONNX opset torch can write."""
     low, high = getattr(_onnx_constants, "ONNX_MIN_OPSET", 7), getattr(_onnx_constants, "ONNX_MAX_OPSET", 23)
@@ -669,7 +653,7 @@ def main(args: argparse.Namespace) -> dict:
     try:
         out = check_output_dir(args.output, "export", overwrite=args.overwrite, inputs=(args.model,))
         model, processor = load_model(args.model, revision=args.revision, attn_implementation=args.attn_implementation)
-        check_processor(processor, model.config)
+        check_processor_matches(processor, model.config)
         take_output_dir(out, "export", overwrite=args.overwrite)
         info = export_model(model, out, args.format, processor=processor, check=not args.no_check,
                             atol=args.atol, rtol=args.rtol, opset_version=args.opset, onnx_exporter=args.onnx_exporter,
@@ -698,7 +682,7 @@ __all__ = ["FORMATS", "FILE_NAMES", "EncoderForExport", "ClassifierForExport", "
            "PretrainingModelError", "ExportParityError", "require", "wrap_for_export", "load_model",
            "export_onnx", "quantize_int8", "export_program", "export_torchscript", "onnx_session",
            "load_exported", "check_export", "export_model", "natural_images", "real_images", "example_input",
-           "atomic_file", "check_processor", "build_parser", "parse_args", "main"]
+           "atomic_file", "build_parser", "parse_args", "main"]
 
 
 if __name__ == "__main__":

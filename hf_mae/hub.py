@@ -41,7 +41,7 @@ from transformers import ViTForImageClassification
 
 from .configuration_mae import MAEConfig
 from .convert import fold_batchnorm, to_transformers
-from .image_processing_mae import MAEImageProcessor
+from .image_processing_mae import MAEImageProcessor, check_processor_matches
 from .modeling_mae import AUTO_MAP, MAEForImageClassification, MAEForPreTraining, MAEModel
 from .runner import positive_float, positive_int
 
@@ -263,7 +263,7 @@ def check_processor(src: Path) -> None:
         return
     processor = MAEImageProcessor.from_pretrained(src)
     try:
-        processor.check_matches(MAEConfig.from_pretrained(src))
+        check_processor_matches(processor, MAEConfig.from_pretrained(src))
     except ValueError as err:
         raise ValueError(f"{src}: {err} Nothing was pushed.") from None
 
