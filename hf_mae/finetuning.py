@@ -161,10 +161,12 @@ def main(args: argparse.Namespace) -> dict:
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=args.hflip,
                                mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels,
                                augment=RandAugment.from_string(args.aa),
-                               erase=RandomErasing(args.reprob) if args.reprob > 0 else None)
+                               erase=RandomErasing(args.reprob) if args.reprob > 0 else None,
+                               output="uint8")  # normalised (and erased) on the device: TrainTransform
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
     workers = dataloader_workers(args)
-    train_loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, workers, args.seed)
+    train_loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, workers, args.seed,
+                                    pin_memory=accelerator.device.type == "cuda")
     eval_loader = eval_dataloader(eval_data, processor, args.eval_batch_size, workers, strict=args.strict_images)
 
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -184,7 +186,7 @@ def main(args: argparse.Namespace) -> dict:
                         max_grad_norm=args.max_grad_norm, checkpoints_dir=out_dir / "checkpoints",
                         processor=processor, run_log=run_log, desc="fine-tuning",
                         placeholder=lambda: placeholder_batch(config, accelerator.device, labels=True),
-                        bad_images=lambda: train_fn.num_bad)
+                        bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer())
     state = loop.resume(args.resume_from_checkpoint)
     history = state.get("history", [])
     # resumed into a new folder: the best is tracked from here on

@@ -269,9 +269,11 @@ def train_probe_augmented(accelerator, args, model, probe, processor, train_data
     batches, non-finite steps). Returns (one record per epoch, undecodable training images)."""
     config = model.config
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
-                               mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels)
+                               mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels,
+                               output="uint8")  # normalised on the device
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed,
+                              pin_memory=accelerator.device.type == "cuda")
     optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=args.weight_decay)
     probe, optimizer, loader = accelerator.prepare(probe, optimizer, loader)
     if len(loader) == 0:
@@ -282,7 +284,8 @@ def train_probe_augmented(accelerator, args, model, probe, processor, train_data
     loop = TrainingLoop(accelerator, probe, optimizer, loader, schedule, lr=lr, min_lr=args.min_lr, args=args,
                         checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
                         desc="probe (augment)", placeholder=lambda: placeholder_batch(config, accelerator.device, True),
-                        bad_images=lambda: train_fn.num_bad, pretrained=None if args.raw_pixels else model)
+                        bad_images=lambda: train_fn.num_bad, pretrained=None if args.raw_pixels else model,
+                        normalize=transform.normalizer())
     records = loop.resume(args.resume_from_checkpoint).get("history", [])
     encoder = model.encoder.eval()
     unwrapped = accelerator.unwrap_model(probe)

@@ -14,6 +14,8 @@ the rest, the same way for every program:
   `plan_schedule` warns when the warmup is as long as the run.
 - **logging**: mean loss, lr, images/s, data-wait fraction, skipped batches/images every `logging_steps`; a
   progress bar on the local main process.
+- **uint8 batches**: `normalize` (e.g. `TrainTransform(output="uint8").normalizer()`) turns each batch's uint8
+  pixels into the normalised float input on the device, before `step` sees it.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class TrainingLoop:
 
     def __init__(self, accelerator, model, optimizer, loader, schedule: Schedule, *, lr: float, args,
                  checkpoints_dir: Path, processor, run_log, desc: str, placeholder, min_lr: float = 0.0,
-                 max_grad_norm: float | None = None, bad_images=lambda: 0, pretrained=None):
+                 max_grad_norm: float | None = None, bad_images=lambda: 0, pretrained=None, normalize=None):
         self.accelerator, self.model, self.optimizer, self.loader = accelerator, model, optimizer, loader
         self.schedule, self.lr, self.min_lr, self.max_grad_norm = schedule, lr, min_lr, max_grad_norm
         self.logging_steps = args.logging_steps
@@ -121,6 +123,7 @@ class TrainingLoop:
         self.total_limit = args.checkpoints_total_limit
         self.checkpoints_dir, self.processor, self.run_log, self.desc = checkpoints_dir, processor, run_log, desc
         self.placeholder, self.bad_images, self.pretrained = placeholder, bad_images, pretrained
+        self.normalize = normalize  # batch -> batch on the device before `step`: uint8 pixels -> normalised float
         self.update_step = self.start_epoch = self.skip_batches = self.skipped_batches = 0
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
         self.epoch_totals = (0.0, 0.0)  # a mid-epoch checkpoint's (loss sum, finite micro-batches) per process
@@ -149,7 +152,9 @@ class TrainingLoop:
                                    self.update_step, state, self.total_limit, optimizer=self.optimizer,
                                    pretrained=self.pretrained)
         except CheckpointError as error:
-            raise NonFiniteLossError(f"{error}. {self._intact_note()}") from None
+            self.run_log.write({"event": "stopped", "step": self.update_step, "reason": "non-finite weights"})
+            raise NonFiniteLossError(f"{error}: the run diverged; stopping. {self._intact_note()}. Try a lower "
+                                     "learning rate (--blr / --learning_rate) or --max_grad_norm 1.0.") from None
         self.run_log.write({"event": "checkpoint", "step": self.update_step, "path": str(path)})
         return path
 
@@ -190,6 +195,8 @@ class TrainingLoop:
                 if empty:
                     batch = self.placeholder()
                     self.skipped_batches += 1
+                elif self.normalize is not None:
+                    batch = self.normalize(batch)
                 with acc.accumulate(self.model):
                     loss = step(batch, epoch, batch_index)
                     finite = torch.isfinite(loss.detach())

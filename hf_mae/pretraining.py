@@ -310,9 +310,10 @@ def main(args: argparse.Namespace) -> dict:
     config = model.config
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
                                mean=processor.image_mean, std=processor.image_std,
-                               num_channels=config.num_channels)
+                               num_channels=config.num_channels, output="uint8")  # normalised on the device
     train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed,
+                              pin_memory=accelerator.device.type == "cuda")
 
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
@@ -332,7 +333,7 @@ def main(args: argparse.Namespace) -> dict:
                         max_grad_norm=args.max_grad_norm, checkpoints_dir=out_dir / "checkpoints",
                         processor=processor, run_log=run_log, desc="pretraining",
                         placeholder=lambda: placeholder_batch(config, accelerator.device),
-                        bad_images=lambda: train_fn.num_bad)
+                        bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer())
     loop.resume(args.resume_from_checkpoint)
     print_banner(accelerator, run_log, "pretraining", {
         "dataset": info.source, "num_train": info.num_train, "num_eval": info.num_eval,

@@ -6,11 +6,11 @@ number of DataLoader workers or processes, nor on what ran before. A run resumed
 therefore sees exactly the batches the uninterrupted run saw. The epoch reaches the workers (persistent ones
 included) inside each index: the sampler yields `epoch * len(dataset) + index`.
 
-    loader = train_dataloader(train_data, make_transform_fn(TrainTransform(224)), batch_size=64,
-                              num_workers=8, seed=0)
+    transform = TrainTransform(224, output="uint8")
+    loader = train_dataloader(train_data, make_transform_fn(transform), batch_size=64, num_workers=8, seed=0)
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)  # on a loader prepared by Accelerate: loader.set_epoch(epoch)
-        for batch in loader: ...
+        for batch in loader: ...                # on the device: batch = transform.normalizer()(batch)
 
 Streaming (iterable) datasets have no indices: they keep the workers' torch RNG streams.
 """
@@ -77,19 +77,22 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
 
-def train_dataloader(dataset, fn: TransformFn, batch_size: int, num_workers: int = 0, seed: int = 0) -> DataLoader:
+def train_dataloader(dataset, fn: TransformFn, batch_size: int, num_workers: int = 0, seed: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
     """Shuffled training batches (incomplete last batch dropped) of `fn`-transformed images, for `collate`.
 
     Map-style data: `EpochShuffleSampler` + `EpochSeededDataset` (see the module docstring); call
     `loader.sampler.set_epoch(epoch)` (Accelerate's prepared loader: `loader.set_epoch(epoch)`) before each
     epoch. Streaming data: in stream order, the workers' RNG streams.
-    Workers persist across epochs."""
+    Workers persist across epochs. `pin_memory=True` (training on a GPU) puts each batch in page-locked memory,
+    from which the copy to the device can run asynchronously (Accelerate's `non_blocking`)."""
     if isinstance(dataset, datasets.IterableDataset):
         return DataLoader(apply_transform(dataset, fn), batch_size=batch_size, drop_last=True,
-                          num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0)
+                          num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
+                          pin_memory=pin_memory)
     seeded = EpochSeededDataset(dataset, fn, seed)
     # A generator of its own for the workers' base seed: starting an epoch draws nothing from the global RNG,
     # whose stream (dropout, drop path) then continues alike in a resumed run and in the uninterrupted one.
     return DataLoader(seeded, batch_size=batch_size, sampler=EpochShuffleSampler(len(seeded), seed), drop_last=True,
                       num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)

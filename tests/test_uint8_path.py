@@ -1,0 +1,154 @@
+"""The training data path: uint8 batches through the DataLoader, normalised (and erased) on the device.
+
+The programs build `TrainTransform(..., output="uint8")` (OpenCV resize) and pass `transform.normalizer()` to
+the training loop; the old path (`output="float", resize="pil"`) stays for comparison (benchmarks/benchmark.py
+--case loader).
+"""
+
+import io
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_mae import data as hd
+from hf_mae.augment import RandomErasing
+from hf_mae.data import DeviceNormalize, TrainTransform, collate, make_transform_fn, resize_box
+from hf_mae.train_loader import EpochSeededDataset, train_dataloader
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def photo_jpeg(width=200, height=150, seed=0, quality=90) -> bytes:
+    """Photo-like: smooth gradients plus mild noise (compresses like a photo, not like white noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * rng.uniform(0.5, 1.5) + y * rng.uniform(0.2, 1.0)) % 256,
+                     (x * rng.uniform(0.2, 1.2)) % 256, (y * rng.uniform(0.5, 1.5)) % 256], axis=-1)
+    image = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def jpeg_dataset():
+    images = [{"bytes": photo_jpeg(seed=i), "path": None} for i in range(12)]
+    return datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(12)]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.Value("int64")}))
+
+
+def first_batch(dataset, transform, batch_size=12):
+    loader = train_dataloader(dataset, make_transform_fn(transform), batch_size, num_workers=0, seed=4)
+    return next(iter(loader))
+
+
+def test_uint8_batch_equals_the_float_batch(jpeg_dataset):
+    """Same crops and flips (per-image seeds) either way; uint8 crosses the loader, normalised afterwards."""
+    old = first_batch(jpeg_dataset, TrainTransform(32, mean=MEAN, std=STD, resize="pil"))["pixel_values"]
+    transform = TrainTransform(32, mean=MEAN, std=STD, resize="pil", output="uint8")
+    batch = first_batch(jpeg_dataset, transform)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (12, 3, 32, 32)
+    new = transform.normalizer()(batch)["pixel_values"]
+    assert new.dtype == torch.float32 and torch.equal(new, old)  # the same float32 operations: the same bits
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    unnormalised = old * std + mean
+    assert (batch["pixel_values"] / 255 - unnormalised).abs().max() <= 1 / 255
+
+
+def test_the_programs_path_is_close_to_the_old_one(jpeg_dataset):
+    """OpenCV's resize (the programs' path) against the old PIL float path: within a grey level on average."""
+    old = first_batch(jpeg_dataset, TrainTransform(48, resize="pil"))["pixel_values"]
+    transform = TrainTransform(48, output="uint8")
+    assert transform.resize == "opencv"
+    batch = first_batch(jpeg_dataset, transform)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    difference = (batch["pixel_values"] / 255 - (old * std + mean)).abs()
+    assert difference.mean() < 1 / 255, difference.mean() * 255  # measured ~0.5 grey levels here
+    assert torch.equal(transform.normalizer()(batch)["pixel_values"],
+                       DeviceNormalize(MEAN, STD)(batch)["pixel_values"])
+
+
+@pytest.mark.parametrize("crop", [(10, 20, 150, 120), (30, 5, 40, 30)])  # shrinking (area), enlarging (cubic)
+def test_opencv_resize_against_pil_bicubic(crop):
+    pixels = np.asarray(Image.open(io.BytesIO(photo_jpeg(seed=3))).convert("RGB"))
+    left, top, w, h = crop
+    box = (left, top, left + w, top + h)
+    ours = resize_box(pixels, box, (64, 64)).astype(int)
+    pil = np.asarray(Image.fromarray(pixels).resize((64, 64), Image.Resampling.BICUBIC, box=box)).astype(int)
+    assert ours.shape == pil.shape == (64, 64, 3)
+    assert np.abs(ours - pil).mean() < 1.5  # grey levels
+    gray = resize_box(pixels[..., 0], box, (64, 48))
+    assert gray.shape == (48, 64) and gray.dtype == np.uint8
+
+
+def test_opencv_and_pil_paths_decode_grey_and_colour_alike():
+    data = photo_jpeg(seed=5)
+    for channels in (1, 3):
+        for output in ("uint8", "float"):
+            transform = TrainTransform(24, num_channels=channels, output=output)
+            torch.manual_seed(0)
+            out = transform(Image.open(io.BytesIO(data)))
+            assert out.shape == (channels, 24, 24)
+            assert out.dtype == (torch.uint8 if output == "uint8" else torch.float32)
+
+
+def test_erasing_drawn_in_the_worker_applied_on_the_device():
+    data = photo_jpeg(seed=1)
+    erase = RandomErasing(prob=1.0)
+    uint8 = TrainTransform(32, hflip=False, output="uint8", erase=erase)
+    float_path = TrainTransform(32, hflip=False, erase=erase)
+    torch.manual_seed(7)
+    item = uint8(Image.open(io.BytesIO(data)))
+    torch.manual_seed(7)
+    reference = float_path(Image.open(io.BytesIO(data)))  # erased in the worker, as before
+    top, left, height, width, seed = item["erase"]
+    assert height > 0 and width > 0 and item["pixel_values"].dtype == torch.uint8
+    normalize = uint8.normalizer()
+    batch = normalize(collate([item, None, item]))  # a skipped image in between: draws stay aligned
+    assert "erase" not in batch and batch["pixel_values"].shape == (2, 3, 32, 32)
+    out = batch["pixel_values"][0]
+    plain = normalize({"pixel_values": item["pixel_values"][None]})["pixel_values"][0]
+    changed = (out != plain).any(0)
+    inside = torch.zeros_like(changed)
+    inside[top:top + height, left:left + width] = True
+    assert changed[inside].float().mean() > 0.99 and not changed[~inside].any()  # exactly the drawn rectangle
+    # The float path erased the same rectangle (the same draws from the image's random stream).
+    torch.manual_seed(7)
+    unerased = TrainTransform(32, hflip=False)(Image.open(io.BytesIO(data)))
+    assert torch.equal((reference != unerased).any(0), changed)
+    assert torch.equal(batch["pixel_values"][0], batch["pixel_values"][1])  # the noise is seeded per image
+
+
+def test_uint8_erasing_is_per_image_seeded_in_the_loader(jpeg_dataset):
+    transform = TrainTransform(16, output="uint8", erase=RandomErasing(prob=0.5))
+    dataset = EpochSeededDataset(jpeg_dataset, make_transform_fn(transform), seed=3)
+    alone = dataset[13]  # epoch 1, image 1
+    among = dataset.__getitems__([12, 13, 20])[1]
+    assert alone["erase"] == among["erase"] and torch.equal(alone["pixel_values"], among["pixel_values"])
+    draws = [dataset[k]["erase"] for k in range(12)]
+    assert any(d is None for d in draws) and any(d is not None for d in draws)
+
+
+def test_uint8_output_needs_a_random_erasing_it_can_draw():
+    with pytest.raises(ValueError, match="RandomErasing"):
+        TrainTransform(16, output="uint8", erase=lambda pixels: pixels)
+    with pytest.raises(ValueError, match="output"):
+        TrainTransform(16, output="bf16")
+
+
+def test_device_normalize_leaves_float_batches_alone_and_pins_when_asked(jpeg_dataset):
+    placeholder = {"pixel_values": torch.zeros(2, 3, 8, 8)}
+    assert DeviceNormalize(MEAN, STD)(placeholder) is placeholder
+    loader = train_dataloader(jpeg_dataset, make_transform_fn(TrainTransform(8, output="uint8")), 4, pin_memory=True)
+    assert loader.pin_memory
+
+
+def test_without_opencv_pil_resizes(monkeypatch):
+    monkeypatch.setattr(hd, "cv2", None)
+    transform = TrainTransform(16, output="uint8")
+    assert transform.resize == "pil"
+    assert transform(Image.open(io.BytesIO(photo_jpeg(seed=2)))).shape == (3, 16, 16)
