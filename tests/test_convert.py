@@ -23,11 +23,11 @@ from transformers import (
     ViTMAEForPreTraining,
 )
 
-from hf_mae import PRESETS, MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+from hf_mae import PRESETS, MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, convert_checkpoint
 from hf_mae import convert as convert_module
 from hf_mae.convert import ConversionError, export_state_dict, infer_config, load_any
-from hf_mae.convert import main as convert_main
-from hf_mae.convert import parse_args as convert_args
+from hf_mae.convert_checkpoint import main as convert_main
+from hf_mae.convert_checkpoint import parse_args as convert_args
 from hf_mae.modeling_mae import sincos_pos_embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -413,7 +413,7 @@ def test_script_help_documents_every_flag():
         assert flag in result.stdout
     assert "hf_mae,official,timm,transformers" in result.stdout.replace(" ", "")
     assert "examples:" in result.stdout and "scripts/convert_checkpoint.py mae_pretrain_vit_base.pth" in result.stdout
-    for action in convert_module.build_parser()._actions:
+    for action in convert_checkpoint.build_parser()._actions:
         assert action.help, action.option_strings or action.dest
 
 
@@ -508,7 +508,7 @@ def test_overwrite_never_deletes_the_input_and_a_failed_write_keeps_the_old_outp
         (Path(temp) / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt  # as a Ctrl-C or a kill would stop it
 
-    monkeypatch.setattr(convert_module, "_write", dies_midway)
+    monkeypatch.setattr(convert_checkpoint, "_write", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run_convert([str(source), str(target), "--overwrite", "--config", '{"num_attention_heads": 2}'])
     assert {p.name: p.read_bytes() for p in target.iterdir()} == state
@@ -549,8 +549,8 @@ def test_from_transformers_goes_through_load_any(tmp_path, monkeypatch):
 
 
 def test_module_cli_runs_from_anywhere(tmp_path):
-    """`python -m hf_mae.convert` works outside the repository (no scripts/ folder, no sys.path edits)."""
-    result = subprocess.run([sys.executable, "-m", "hf_mae.convert", "--help"], cwd=tmp_path,
+    """`python -m hf_mae.convert_checkpoint` works outside the repository (no scripts/ folder, no sys.path edits)."""
+    result = subprocess.run([sys.executable, "-m", "hf_mae.convert_checkpoint", "--help"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "examples:" in result.stdout and "--overwrite" in result.stdout
@@ -559,7 +559,7 @@ def test_module_cli_runs_from_anywhere(tmp_path):
 KILLED = """
 import os, signal, sys
 from pathlib import Path
-from hf_mae import convert
+from hf_mae import convert_checkpoint as convert
 
 def write_then_die(model, config, args, kind, temp):
     os.makedirs(temp, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Hub sharing (hf_mae.hub; its CLI is `python -m hf_mae.hub`, also run by the scripts/push_to_hub.py shim).
+"""Hub sharing (hf_mae.hub; its CLI is `python -m hf_mae.push_to_hub`, also run by the scripts/push_to_hub.py shim).
 
 (1) The artifact: exact upload files, auto_map, card metadata read back with `ModelCard.load`, every built
     folder loaded in a subprocess where hf_mae cannot be imported (remote code for --format hf_mae, plain
@@ -420,8 +420,10 @@ def no_backoff_sleep(monkeypatch):
 
 
 def run_cli(argv: list[str]) -> int:
-    """`python -m hf_mae.hub ARGV` in this process; the exit status."""
-    return hub_module.main(hub_module.parse_args(argv))
+    """`python -m hf_mae.push_to_hub ARGV` in this process; the exit status."""
+    from hf_mae import push_to_hub as cli
+
+    return cli.main(cli.parse_args(argv))
 
 
 @pytest.mark.parametrize("client_path", ["xet-pipeline", "create_commit"])
@@ -531,7 +533,7 @@ def test_connection_dropped_mid_commit_then_retry(hub, runs, client_path, monkey
     env_part, command = info.value.retry_command.split(" ", 1)
     assert env_part == f"HF_ENDPOINT={hub.url}"
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "hf_mae.hub"]  # no path into a source checkout: works after any install
+    assert argv[:3] == ["python", "-m", "hf_mae.push_to_hub"]  # no path into a source checkout: works after any install
     assert run_cli(argv[3:]) == 0
     assert [c["summary"] for c in hub.repo("tester/mae-enc").commits] == ["first try"]
     captured = capfd.readouterr()
@@ -559,9 +561,10 @@ def test_cli_help_dry_run_and_argument_errors(runs, tmp_path, monkeypatch, capsy
     spec = importlib.util.spec_from_file_location("push_cli", REPO_ROOT / "scripts" / "push_to_hub.py")
     shim = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shim)
-    assert shim.main is hub_module.main and shim.parse_args is hub_module.parse_args  # the shim only forwards
+    from hf_mae import push_to_hub as cli
+
+    assert shim.main is cli.main and shim.parse_args is cli.parse_args  # the shim only forwards
     assert len((REPO_ROOT / "scripts" / "push_to_hub.py").read_text().splitlines()) <= 12
-    cli = hub_module
     parser = cli.build_parser()
     help_text = parser.format_help()
     for action in parser._actions:
@@ -610,14 +613,14 @@ def test_cli_help_dry_run_and_argument_errors(runs, tmp_path, monkeypatch, capsy
 
 
 def push_env(endpoint: str, tmp_path: Path, **extra) -> dict:
-    """The environment of a `python -m hf_mae.hub` subprocess that pushes to `endpoint` with the test token."""
+    """The environment of a `python -m hf_mae.push_to_hub` subprocess that pushes to `endpoint` with the test token."""
     return {**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
             "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1,localhost", **extra}
 
 
 def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
-    """`python -m hf_mae.hub` (what the retry command runs) from a folder that is not the repository."""
-    proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+    """`python -m hf_mae.push_to_hub` (what the retry command runs) from a folder that is not the repository."""
+    proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                            "--encoder_repo", "tester/anywhere"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -627,12 +630,12 @@ def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
 
 
 def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
-    """`python -m hf_mae.hub ... --timeout 2 --attempts 2` against an endpoint that accepts the connection and
+    """`python -m hf_mae.push_to_hub ... --timeout 2 --attempts 2` against an endpoint that accepts the connection and
     never answers: it used to hang with no output; now it fails within the timeouts, says so, prints the retry
     command, and never the token."""
     with SilentServer() as silent:
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+        proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                                "--encoder_repo", "tester/silent", "--timeout", "2", "--attempts", "2"],
                               cwd=tmp_path, env=push_env(silent.url, tmp_path), capture_output=True, text=True,
                               timeout=120)
@@ -644,7 +647,7 @@ def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
     assert connections >= 2  # one per attempt (huggingface_hub may open one more, with its own timeout)
     assert "no answer from the Hub in time" in proc.stderr and "after 2 attempts, 2 s timeout" in proc.stderr
     assert "trying again in 2 s (attempt 2 of 2)" in proc.stderr
-    assert "Retry with:" in proc.stderr and "python -m hf_mae.hub" in proc.stderr
+    assert "Retry with:" in proc.stderr and "python -m hf_mae.push_to_hub" in proc.stderr
     assert TOKEN not in output
     assert_untouched(runs)
 
@@ -721,7 +724,7 @@ def test_server_echoing_the_token_never_shows_it(hub, runs, status, no_backoff_s
 
 def test_cli_with_a_server_echoing_the_token(hub, runs, tmp_path):
     hub.echo_auth = 401
-    proc = subprocess.run([sys.executable, "-m", "hf_mae.hub", "--checkpoint", str(runs.pre),
+    proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                            "--encoder_repo", "tester/leak"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "refused the token (HTTP 401" in proc.stderr, proc.stderr[-3000:]
