@@ -6,6 +6,11 @@ Cases (each: warm-up excluded, rounds interleaved A B A B ..., medians and the m
     infer_base   encoder inference (no masking), ViT-B/16, batch 32, at equal precision
     data         training data pipeline, images/s on one core, on 500x375 quality-90 JPEGs made here
     memory       peak memory (RSS on CPU, allocated on GPU) of train_base steps, each side in its own process
+  the training data path (run by name, not part of "all"):
+    loader       images/s through the whole training DataLoader per core, old path (PIL resize, float32 made in
+                 the worker) vs new (OpenCV resize, uint8), for imagefolder, parquet and webdataset layouts
+    stages       ms per image of each stage (decode, crop+resize, flip, tensor, collate), old vs new
+    prepared     the new loader on prepared copies (scripts/prepare_dataset.py, shorter side 256/320/384)
 
 Training cases run each side in its own worker process (its own allocator state and settings, its own
 peak memory), loaded from the same saved weights; the parent alternates them round by round. "hf_mae" runs
@@ -45,6 +50,7 @@ from hf_mae.precision import resolve_mixed_precision
 
 transformers_logging.disable_progress_bar()  # saving/loading the shared weights is not worth a bar
 CASES = ("train_base", "train_small", "infer_base", "data", "memory")
+DATA_CASES = ("loader", "stages", "prepared")  # the training data path (not in "all": run by name)
 
 
 def sync(device):
@@ -219,11 +225,12 @@ def bench_infer(args, device) -> dict:
                       args.rounds, args.warmup, args.repeats)
 
 
-def make_jpegs(count: int = 64) -> list[bytes]:
-    rng = np.random.default_rng(0)
+def make_jpegs(count: int = 64, width: int = 500, height: int = 375, seed: int = 0) -> list[bytes]:
+    """Photo-like quality-90 JPEGs (~93 KB at 500x375, ImageNet's most common size), generated here."""
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):  # smooth gradients + noise: compresses like a photo, not like white noise
-        y, x = np.mgrid[0:375, 0:500]
+        y, x = np.mgrid[0:height, 0:width] * (375 / height)  # the same content scale at any size
         base = np.stack([(x * rng.uniform(0.2, 0.6) + y * rng.uniform(0.1, 0.4)) % 256,
                          (x * rng.uniform(0.1, 0.5)) % 256, (y * rng.uniform(0.2, 0.7)) % 256], axis=-1)
         image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
@@ -264,6 +271,222 @@ def bench_data(args) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------------------------------------
+# The training data path: per-stage costs, the whole DataLoader per storage layout, prepared copies
+# --------------------------------------------------------------------------------------------------------
+
+
+def write_layouts(root: Path, jpegs: list[bytes], classes: int = 4) -> dict:
+    """The same JPEGs as an imagefolder, one parquet file and one webdataset shard: load_image_datasets kwargs."""
+    import tarfile
+
+    import datasets
+
+    labels = [i % classes for i in range(len(jpegs))]
+    for i, (data, label) in enumerate(zip(jpegs, labels)):
+        folder = root / "imagefolder" / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:06d}.jpg").write_bytes(data)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[f"class_{k}" for k in range(classes)])})
+    (root / "parquet").mkdir()
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in jpegs], "label": labels},
+                               features=features).to_parquet(str(root / "parquet" / "train.parquet"))
+    (root / "webdataset").mkdir()
+    with tarfile.open(root / "webdataset" / "train-000000.tar", "w") as tar:
+        for i, (data, label) in enumerate(zip(jpegs, labels)):
+            for name, payload in ((f"{i:06d}.jpg", data), (f"{i:06d}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return {"imagefolder": {"train_dir": str(root / "imagefolder")},
+            "parquet": {"data_files": str(root / "parquet" / "train.parquet")},
+            "webdataset": {"data_files": str(root / "webdataset" / "train-000000.tar")}}
+
+
+def old_transform(size: int = 224):
+    """The training transform before uint8 batches: PIL's resize, normalised float32 made in the workers."""
+    from hf_mae.data import TrainTransform
+
+    return TrainTransform(size, resize="pil", output="float")
+
+
+def new_transform(size: int = 224):
+    """The programs' training transform: OpenCV's resize, uint8 out of the workers (normalised on the device)."""
+    from hf_mae.data import TrainTransform
+
+    return TrainTransform(size, output="uint8")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process and the given child processes so far (Linux /proc)."""
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def epoch_timer(dataset, transform, batch: int, workers: int):
+    """A function of the epoch that runs one epoch of hf_mae's training DataLoader and returns (wall seconds,
+    CPU seconds of the main process and its workers together)."""
+    from hf_mae.data import make_transform_fn
+    from hf_mae.train_loader import train_dataloader
+
+    loader = train_dataloader(dataset, make_transform_fn(transform), batch, num_workers=workers, seed=0)
+
+    def run(epoch: int) -> tuple[float, float]:
+        loader.sampler.set_epoch(epoch)
+        iterator = iter(loader)  # persistent workers: the same processes every epoch
+        pids = [w.pid for w in getattr(iterator, "_workers", [])]
+        start, cpu_start = time.perf_counter(), _cpu_seconds(pids)
+        for batch_ in iterator:
+            assert len(batch_["pixel_values"])
+        return time.perf_counter() - start, _cpu_seconds(pids) - cpu_start
+
+    return run, len(loader) * batch
+
+
+def interleaved_loaders(timers: dict, rounds: int) -> dict:
+    """One warm-up epoch each, then `rounds` rounds running every loader once, in order: (wall, CPU) seconds
+    per round."""
+    for run, _ in timers.values():
+        run(0)
+    seconds = {name: [] for name in timers}
+    for r in range(rounds):
+        for name, (run, _) in timers.items():
+            seconds[name].append(run(1 + r))
+    return seconds
+
+
+def bench_loader(args) -> dict:
+    """Images/s through the whole training DataLoader, one worker process (= one core decoding), per layout:
+    today's path (PIL resize, float32 normalised in the worker) against the new one (OpenCV, uint8)."""
+    from hf_mae.data import load_image_datasets
+
+    torch.set_num_threads(1)
+    jpegs = make_jpegs(args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        timers = {}
+        for layout, kwargs in write_layouts(Path(tmp), jpegs).items():
+            train, _, _ = load_image_datasets(**kwargs, eval_split=None)
+            for path, transform in (("old", old_transform()), ("new", new_transform())):
+                timers[(layout, path)] = epoch_timer(train, transform, args.loader_batch, args.loader_workers)
+        seconds = interleaved_loaders(timers, args.rounds)
+    result = {"images": args.images, "batch": args.loader_batch, "workers": args.loader_workers,
+              "jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1024, 1), "layouts": {}}
+    pooled, pooled_wall = [], []
+    for layout in ("imagefolder", "parquet", "webdataset"):
+        images = timers[(layout, "new")][1]
+        old, new = seconds[(layout, "old")], seconds[(layout, "new")]
+        ratios = [o[1] / n[1] for o, n in zip(old, new)]
+        wall_ratios = [o[0] / n[0] for o, n in zip(old, new)]
+        pooled += ratios
+        pooled_wall += wall_ratios
+        result["layouts"][layout] = {
+            "old_images_per_s": round(images / statistics.median(o[1] for o in old), 1),
+            "new_images_per_s": round(images / statistics.median(n[1] for n in new), 1),
+            "speedup": round(statistics.median(ratios), 3), "per_round_speedups": [round(r, 3) for r in ratios],
+            "old_wall_images_per_s": round(images / statistics.median(o[0] for o in old), 1),
+            "new_wall_images_per_s": round(images / statistics.median(n[0] for n in new), 1),
+            "wall_speedup": round(statistics.median(wall_ratios), 3)}
+    result["speedup"] = round(statistics.median(pooled), 3)
+    result["wall_speedup"] = round(statistics.median(pooled_wall), 3)
+    result["note"] = ("images/s per core = images per CPU-second of the main process and its DataLoader workers "
+                      "together (robust to other load on the host); *_wall_* = elapsed time with --loader_workers "
+                      "workers. old = PIL resize + float32 normalised in the worker, new = OpenCV resize + uint8. "
+                      "Interleaved rounds, medians.")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return result
+
+
+def bench_stages(args) -> dict:
+    """Milliseconds per image of each stage of the training transform, old path and new, one core."""
+    import cv2
+    import simplejpeg
+
+    from hf_mae.data import DeviceNormalize, _planes, collate, resize_box
+
+    torch.set_num_threads(1)
+    jpegs = make_jpegs(args.images)
+    old, new = old_transform(), new_transform()
+    torch.manual_seed(0)
+    boxes = [old.sample_crop(500, 375) for _ in jpegs]
+    boxes = [(left, top, left + w, top + h) for left, top, w, h in boxes]
+    arrays = [simplejpeg.decode_jpeg(j) for j in jpegs]
+    pil_images = [Image.fromarray(a) for a in arrays]
+    pil_crops = [p.resize((224, 224), Image.Resampling.BICUBIC, box=b) for p, b in zip(pil_images, boxes)]
+    cv_crops = [resize_box(a, b, (224, 224)) for a, b in zip(arrays, boxes)]
+    floats = [old.to_tensor(_planes(c)) for c in pil_crops]
+    uint8s = [torch.from_numpy(c).permute(2, 0, 1) for c in cv_crops]
+    batch = collate([{"pixel_values": u} for u in uint8s])
+    normalize = DeviceNormalize()
+    stages = {
+        "decode (simplejpeg)": (lambda: [Image.fromarray(simplejpeg.decode_jpeg(j)) for j in jpegs],
+                                lambda: [simplejpeg.decode_jpeg(j) for j in jpegs]),
+        "crop + resize to 224": (lambda: [p.resize((224, 224), Image.Resampling.BICUBIC, box=b)
+                                          for p, b in zip(pil_images, boxes)],
+                                 lambda: [resize_box(a, b, (224, 224)) for a, b in zip(arrays, boxes)]),
+        "flip": (lambda: [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in pil_crops],
+                 lambda: [cv2.flip(c, 1) for c in cv_crops]),
+        "to tensor (float32 normalised / uint8 view)": (lambda: [old.to_tensor(_planes(c)) for c in pil_crops],
+                                                         lambda: [torch.from_numpy(c).permute(2, 0, 1)
+                                                                  for c in cv_crops]),
+        "collate": (lambda: collate([{"pixel_values": f} for f in floats]),
+                    lambda: collate([{"pixel_values": u} for u in uint8s])),
+        "whole transform (open + all of the above but collate)": (
+            lambda: [old(Image.open(io.BytesIO(j))) for j in jpegs],
+            lambda: [new(Image.open(io.BytesIO(j))) for j in jpegs]),
+        "normalise on the device (here: the CPU)": (lambda: None, lambda: normalize(batch)),
+    }
+    result = {"images": len(jpegs), "stages": {}}
+    for name, (run_old, run_new) in stages.items():
+        timing = interleave(timed(run_old), timed(run_new), args.rounds, 1, 1)
+        result["stages"][name] = {"old_ms": round(timing["hf_mae_s"] / len(jpegs) * 1000, 3),
+                                  "new_ms": round(timing["transformers_s"] / len(jpegs) * 1000, 3)}
+    torch.set_num_threads(os.cpu_count() or 1)
+    return result
+
+
+def bench_prepared(args) -> dict:
+    """The new loader on a parquet copy of the source against prepared copies (shorter side N, quality 90):
+    images per CPU-second of the loader's processes (see bench_loader), interleaved rounds."""
+    from hf_mae import prepare_dataset
+    from hf_mae.data import load_image_datasets
+
+    torch.set_num_threads(1)
+    width, height = args.source_size
+    jpegs = make_jpegs(args.images, width, height)
+    result = {"images": args.images, "source_size": [width, height], "workers": args.loader_workers, "copies": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_layouts(root, jpegs)
+        timers, sizes = {}, {}
+        train, _, _ = load_image_datasets(data_files=str(root / "parquet" / "train.parquet"), eval_split=None)
+        timers["source"] = epoch_timer(train, new_transform(), args.loader_batch, args.loader_workers)
+        sizes["source"] = (root / "parquet" / "train.parquet").stat().st_size
+        for side in args.shorter_sides:
+            out = root / f"prepared_{side}"
+            with contextlib.redirect_stderr(io.StringIO()):
+                prepare_dataset.main(prepare_dataset.parse_args([
+                    "--train_dir", str(root / "imagefolder"), "--output_dir", str(out), "--shorter_side", str(side),
+                    "--quality", "90", "--format", "parquet", "--num_proc", "1", "--eval_split", ""]))
+            copy, _, _ = load_image_datasets(dataset_name=str(out))
+            timers[side] = epoch_timer(copy, new_transform(), args.loader_batch, args.loader_workers)
+            sizes[side] = sum(p.stat().st_size for p in (out / "data").iterdir())
+        seconds = interleaved_loaders(timers, args.rounds)
+    images = timers["source"][1]
+    for name, times in seconds.items():
+        ratios = [s[1] / t[1] for s, t in zip(seconds["source"], times)]
+        result["copies"][str(name)] = {"images_per_s": round(images / statistics.median(t[1] for t in times), 1),
+                                       "speedup_vs_source": round(statistics.median(ratios), 3),
+                                       "kb_per_image": round(sizes[name] / args.images / 1024, 1)}
+    torch.set_num_threads(os.cpu_count() or 1)
+    return result
+
+
 def bench_memory(args, device) -> dict:
     """Peak memory of train_base steps (one warm-up, two measured), each side alone in its own process."""
     with training_workers("mae-vit-base-patch16", 8, args.equal, device) as workers:
@@ -289,6 +512,18 @@ def markdown(results: dict, command: str) -> str:
         if case == "memory":
             lines.append(f"| peak memory, train_base | {r['hf_mae_peak_mb']:.0f} MB | "
                          f"{r['transformers_peak_mb']:.0f} MB | {r['ratio']:.2f}x of transformers |")
+        elif case == "loader":
+            for layout, f in r["layouts"].items():
+                lines.append(f"| loader, {layout}, per core | {f['new_images_per_s']:.0f} img/s (uint8, OpenCV) | "
+                             f"{f['old_images_per_s']:.0f} img/s (old: float, PIL) | {f['speedup']:.2f}x |")
+            lines.append(f"| loader, all layouts | | | **{r['speedup']:.2f}x** |")
+        elif case == "stages":
+            for stage, f in r["stages"].items():
+                lines.append(f"| stage: {stage} | {f['new_ms']:.3f} ms (new) | {f['old_ms']:.3f} ms (old) | |")
+        elif case == "prepared":
+            for name, f in r["copies"].items():
+                lines.append(f"| prepared copy, shorter side {name} | {f['images_per_s']:.0f} img/s, "
+                             f"{f['kb_per_image']:.0f} KB/image | | {f['speedup_vs_source']:.2f}x vs source |")
         elif case == "data":
             lines.append(f"| data, 1 core, 500x375 JPEG -> 224 | {r['images_per_s_hf_mae']:.0f} img/s | "
                          f"{r['images_per_s_plain_pil']:.0f} img/s (plain PIL) | {r['speedup']:.2f}x |")
@@ -300,7 +535,7 @@ def markdown(results: dict, command: str) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=CASES + ("all",), default="all")
+    parser.add_argument("--case", choices=CASES + DATA_CASES + ("all",), default="all")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measured rounds per case")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured calls of each side first")
     parser.add_argument("--repeats", type=int, default=2, help="calls per round (averaged)")
@@ -308,6 +543,14 @@ def main(argv=None) -> dict:
                         help="same precision and optimizer implementation on both sides")
     parser.add_argument("--compile", action="store_true",
                         help="training cases: hf_mae under torch.compile (the training scripts' --compile)")
+    parser.add_argument("--images", type=int, default=256, help="loader/stages/prepared: JPEGs generated")
+    parser.add_argument("--loader_batch", type=int, default=32, help="loader/prepared: batch size")
+    parser.add_argument("--loader_workers", type=int, default=1,
+                        help="loader/prepared: DataLoader workers (figures are per worker)")
+    parser.add_argument("--source_size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
+                        help="prepared: size of the source JPEGs (default 500 375)")
+    parser.add_argument("--shorter_sides", type=int, nargs="+", default=(256, 320, 384),
+                        help="prepared: the shorter-side caps compared")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--markdown", default=None, help="append a results table to this file (BENCHMARKS.md)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
@@ -332,6 +575,12 @@ def main(argv=None) -> dict:
             results["cases"][case] = bench_data(args)
         elif case == "memory":
             results["cases"][case] = bench_memory(args, device)
+        elif case == "loader":
+            results["cases"][case] = bench_loader(args)
+        elif case == "stages":
+            results["cases"][case] = bench_stages(args)
+        elif case == "prepared":
+            results["cases"][case] = bench_prepared(args)
         print(json.dumps(results["cases"][case], indent=1), flush=True)
     command = "python benchmarks/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = markdown(results, command)

@@ -1,4 +1,5 @@
-"""GPU check: ViT-B/16 MAE training step in bf16 at batch 256, hf_mae vs transformers' ViTMAE, in one run.
+"""GPU check: ViT-B/16 (or ViT-L/16: --preset) MAE training step in bf16 at batch 256, hf_mae vs transformers'
+ViTMAE, in one run.
 
 Variants (same config and weights; rounds interleaved; warm-up and compilation excluded):
     hf_mae                  bf16 autocast, fused AdamW, fused qkv, SDPA (hf_mae's defaults on a GPU)
@@ -13,11 +14,13 @@ with CUDA graphs (--cudagraphs), with Inductor's coordinate-descent tuning of it
 the encoder's sequences are 50 tokens, the decoder's 197). --deadline_s keeps a slow optional compile from
 eating the time of the rest.
 
-Reports images/s, model FLOPs utilisation (58.2 GFLOP per image for ViT-B/16 MAE training, forward and
-backward, against the card's dense bf16 peak), each variant's speedup over the transformers variants, the
-step's peak memory above what the models and optimizers hold, and a measured bf16 matmul rate.
+Reports images/s, model FLOPs utilisation (`train_gflop_per_image`: 58.2 GFLOP per image for ViT-B/16 MAE
+training, 123.8 for ViT-L/16, forward and backward, against the card's dense bf16 peak), each variant's speedup
+over the transformers variants, the step's peak memory above what the models and optimizers hold, and a
+measured bf16 matmul rate.
 
     python benchmarks/benchmark_gpu.py --batch 256 --rounds 5 --json outputs/bench_gpu.json
+    python benchmarks/benchmark_gpu.py --preset mae-vit-large-patch16 --no_fp32 --json outputs/bench_gpu_large.json
 """
 
 import argparse
@@ -32,9 +35,31 @@ from pathlib import Path
 import torch
 from benchmark import make_models, train_step_fn  # the shared module beside this script
 
-GFLOP_PER_IMAGE = 58.2  # ViT-B/16 MAE training step per image (forward + backward: 3x the forward FLOPs)
+PRESETS = ("mae-vit-base-patch16", "mae-vit-large-patch16", "mae-vit-huge-patch14")
 BASELINES = ("hf_mae", "transformers_bf16")
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # datasheet, dense (no sparsity)
+
+
+def train_gflop_per_image(config) -> float:
+    """Matmul FLOPs of one MAE training step per image (forward + backward = 3x forward), as in the MFU of
+    nanoGPT/PaLM: the encoder on the kept tokens (+ CLS), the decoder on all tokens, embeddings and head."""
+    height, width = config.image_hw
+    patches = (height // config.patch_size) * (width // config.patch_size)
+    patch_dim = config.patch_size**2 * config.num_channels
+    kept = int(patches * (1 - config.mask_ratio))
+
+    def layers(tokens: int, width_: int, hidden: int, count: int) -> float:
+        linear = 2 * tokens * (4 * width_**2 + 2 * width_ * hidden)  # qkv + proj, fc1 + fc2
+        attention = 2 * 2 * tokens**2 * width_  # q @ k^T and weights @ v
+        return count * (linear + attention)
+
+    forward = (2 * kept * patch_dim * config.hidden_size  # patch embedding of the kept patches
+               + layers(kept + 1, config.hidden_size, config.intermediate_size, config.num_hidden_layers)
+               + 2 * (kept + 1) * config.hidden_size * config.decoder_hidden_size  # decoder embedding
+               + layers(patches + 1, config.decoder_hidden_size, config.decoder_intermediate_size,
+                        config.decoder_num_hidden_layers)
+               + 2 * patches * config.decoder_hidden_size * patch_dim)  # prediction head
+    return 3 * forward / 1e9
 
 
 def card_peak_tflops(name: str, override: float | None) -> float | None:
@@ -151,6 +176,8 @@ def build_variants(args, device) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--preset", choices=PRESETS, default="mae-vit-base-patch16",
+                        help="model (mae-vit-large-patch16: the paper's headline ViT-L/16)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measured rounds")
     parser.add_argument("--repeats", type=int, default=10, help="steps per variant per round (averaged)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps per variant (compilation included)")
@@ -183,20 +210,26 @@ def main(argv=None) -> dict:
     script_start = time.perf_counter()
     if args.deadline_s is not None and not hasattr(signal, "SIGALRM"):
         parser.error("--deadline_s needs SIGALRM (Linux or macOS)")
-    args.preset = "mae-vit-mnist-patch4" if args.dry_run else "mae-vit-base-patch16"
+    if args.dry_run:
+        args.preset = "mae-vit-mnist-patch4"
     if args.dry_run:
         device, name, peak, args.batch = torch.device("cpu"), "cpu (dry run)", None, 2
-        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch}
+        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch, "preset": args.preset}
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: this check needs a GPU (--dry_run checks the script on the CPU)")
     else:
         device = torch.device("cuda")
         name = torch.cuda.get_device_name()
         peak = card_peak_tflops(name, args.peak_tflops)
-        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch, "peak_bf16_tflops": peak,
+        info = {"gpu": name, "torch": torch.__version__, "batch": args.batch, "preset": args.preset,
+                "peak_bf16_tflops": peak,
                 "measured_matmul_bf16_tflops": round(measured_matmul_tflops(device), 1)}
     print(json.dumps(info), flush=True)
 
+    from hf_mae import MAEConfig
+
+    gflop = train_gflop_per_image(MAEConfig.from_preset(args.preset))
+    info["train_gflop_per_image"] = round(gflop, 1)
     variants = build_variants(args, device)
     memory = {}
     for label, step in list(variants.items()):
@@ -228,7 +261,7 @@ def main(argv=None) -> dict:
         median = statistics.median(seconds)
         images_per_s = args.batch / median
         row = {"step_s": median, "images_per_s": images_per_s, "step_peak_mb": memory[label],
-               "mfu": images_per_s * GFLOP_PER_IMAGE * 1e9 / (peak * 1e12) if peak else None}
+               "mfu": images_per_s * gflop * 1e9 / (peak * 1e12) if peak else None}
         for baseline in ("transformers_bf16", "transformers_defaults"):
             if baseline in times and baseline != label:  # median of per-round ratios, as in benchmark.py
                 row[f"speedup_vs_{baseline}"] = statistics.median(b / a for a, b in zip(seconds, times[baseline]))

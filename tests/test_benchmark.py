@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -92,3 +94,53 @@ def test_encoder_only_attention_switch_leaves_the_decoder_alone():
     decoder = {m.config._attn_implementation for m in model.decoder_blocks.modules() if hasattr(m, "qkv")}
     assert encoder == {"eager"} and decoder == {model.config._attn_implementation} != {"eager"}
     assert torch.allclose(model(pixel_values=pixels, noise=noise).loss, before, atol=1e-5)  # same function
+
+
+def test_loader_case_writes_the_speedup_and_every_layout(tmp_path):
+    results, stdout = run(["benchmarks/benchmark.py", "--case", "loader", "--images", "8", "--rounds", "1",
+                           "--loader_batch", "4"], tmp_path)
+    case = results["cases"]["loader"]
+    assert case["speedup"] > 0 and set(case["layouts"]) == {"imagefolder", "parquet", "webdataset"}
+    for figures in case["layouts"].values():
+        assert figures["old_images_per_s"] > 0 and figures["new_images_per_s"] > 0 and figures["speedup"] > 0
+    assert "| loader, parquet, per core |" in stdout
+
+
+def test_stages_and_prepared_cases_run(tmp_path):
+    results, _ = run(["benchmarks/benchmark.py", "--case", "stages", "--images", "4", "--rounds", "1"], tmp_path)
+    stages = results["cases"]["stages"]["stages"]
+    assert {"decode (simplejpeg)", "crop + resize to 224", "collate"} <= set(stages)
+    assert all(s["old_ms"] >= 0 and s["new_ms"] > 0 for s in stages.values())
+    results, _ = run(["benchmarks/benchmark.py", "--case", "prepared", "--images", "8", "--rounds", "1",
+                      "--loader_batch", "4", "--shorter_sides", "256"], tmp_path)
+    copies = results["cases"]["prepared"]["copies"]
+    assert set(copies) == {"source", "256"} and copies["256"]["kb_per_image"] < copies["source"]["kb_per_image"]
+
+
+def test_mfu_flops_per_image_from_the_config():
+    from hf_mae import MAEConfig
+
+    flops = load_gpu_benchmark().train_gflop_per_image
+    base, large = (flops(MAEConfig.from_preset(p)) for p in ("mae-vit-base-patch16", "mae-vit-large-patch16"))
+    assert round(base, 1) == 58.2  # the figure every earlier MFU in BENCHMARKS.md used
+    assert round(large, 1) == 123.8 and flops(MAEConfig.from_preset("mae-vit-base-patch16", mask_ratio=0.5)) > base
+
+
+@pytest.mark.slow
+def test_gpu_end_to_end_script_dry_run(tmp_path):
+    """Everything tiny on the CPU (~1-2 minutes on 2 cores): data, pretrain, synthetic step, loader, FSDP resume."""
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_end_to_end.py", "--dry_run", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"]["images"] == 48 and summary["data"]["shards"] == 3
+    assert summary["pretrain"]["returncode"] == 0 and summary["pretrain"]["images_per_s"] > 0
+    assert 0 <= summary["pretrain"]["data_wait_fraction"] <= 1
+    assert summary["step"]["variants"]["hf_mae"]["images_per_s"] > 0
+    assert summary["loader"]["speedup_vs_old"] > 0
+    fsdp = summary["fsdp"]
+    assert fsdp["first"]["returncode"] == 0 and fsdp["checkpoints_after_first"]["checkpoints"]
+    assert fsdp["resumed_from"] and fsdp["optimizer_steps"] == 6
+    assert summary["verdict"]["fsdp_resumed"] is True
+    for name in ("pretrain.stdout.txt", "pretrain.stderr.txt", "fsdp_resumed.command.txt"):
+        assert (tmp_path / "logs" / name).exists()
