@@ -60,7 +60,6 @@ from .convert import fold_batchnorm
 from .image_processing_mae import MAEImageProcessor, check_processor_matches
 from .modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
 from .runner import (
-    OutputDirError,
     check_output_dir,
     mark_finished,
     nonnegative_float,
@@ -651,7 +650,8 @@ def main(args: argparse.Namespace) -> dict:
     against the model before anything is exported, and every file is written whole (a temporary name, then
     os.replace)."""
     try:
-        out = check_output_dir(args.output, "export", overwrite=args.overwrite, inputs=(args.model,))
+        out = check_output_dir(args.output, "export", overwrite=args.overwrite, inputs=(args.model,),
+                               resumable=False)
         model, processor = load_model(args.model, revision=args.revision, attn_implementation=args.attn_implementation)
         check_processor_matches(processor, model.config)
         take_output_dir(out, "export", overwrite=args.overwrite)
@@ -662,10 +662,7 @@ def main(args: argparse.Namespace) -> dict:
                             source=args.model)
         mark_finished(out)
     except (MissingExportDependency, PretrainingModelError, ExportParityError, ValueError) as e:
-        message = str(e)
-        if isinstance(e, OutputDirError):  # an export is not resumable: only --overwrite or another folder
-            message = message.replace(" (or --resume_from_checkpoint latest to continue it)", "")
-        raise SystemExit(f"error: {message}") from e
+        raise SystemExit(f"error: {e}") from e
     print(f"exported the {info['kind']} {args.model} -> {args.output}  (outputs: {', '.join(info['outputs'])})")
     for fmt, entry in info["files"].items():
         line = f"  {fmt:<12} {entry['file']:<16} {_human_size(entry['size_bytes']):>10}"

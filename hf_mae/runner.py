@@ -36,7 +36,7 @@ OWNED_NAMES = ("checkpoints", RUN_MARKER, "log.jsonl", "results.json", "training
                "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json", "configuration_mae.py",
                "modeling_mae.py", "image_processing_mae.py", "encoder", "best", "reconstructions", "*.png",
                "features.pt", "README.md", "model.onnx", "model_int8.onnx", "model.pt2", "model.pt",
-               "export_report.json", ".model_staging", ".*.tmp")
+               "export_info.json", "export_report.json", ".model_staging", ".*.tmp")
 
 
 class OutputDirError(ValueError):
@@ -187,9 +187,11 @@ def _still_running(marker: dict) -> bool:
     return True
 
 
-def check_output_dir(path, program: str, *, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
+def check_output_dir(path, program: str, *, overwrite: bool = False, resume: bool = False, inputs=(),
+                     resumable: bool = True) -> Path:
     """Refuse (OutputDirError, before any work) an output folder this run must not write into; see the
-    module docstring for the rules. Reads only: safe on every process."""
+    module docstring for the rules (`resumable=False`: the program has no checkpoints to resume from, e.g.
+    export). Reads only: safe on every process."""
     out = Path(path)
     resolved = out.resolve()
     for source in inputs:
@@ -221,7 +223,7 @@ def check_output_dir(path, program: str, *, overwrite: bool = False, resume: boo
         return out  # a run written before folders were marked
     what = (f"a finished {owner} run" if owner == program else
             f"the outputs of {owner}" if owner else f"outputs ({', '.join(sorted(owned)[:4])})")
-    hint = " (or --resume_from_checkpoint latest to continue it)" if owner == program else ""
+    hint = " (or --resume_from_checkpoint latest to continue it)" if owner == program and resumable else ""
     raise OutputDirError(f"{out} already holds {what}. Pass another --output_dir, or --overwrite_output_dir to "
                          f"replace them{hint}.")
 
