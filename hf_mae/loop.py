@@ -126,7 +126,8 @@ class TrainingLoop:
         self.normalize = normalize  # batch -> batch on the device before `step`: uint8 pixels -> normalised float
         self.update_step = self.start_epoch = self.skip_batches = self.skipped_batches = 0
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
-        self.epoch_totals = (0.0, 0.0)  # a mid-epoch checkpoint's (loss sum, finite micro-batches) per process
+        # a mid-epoch checkpoint's (loss sum, finite micro-batches, batches with images), each process's share
+        self.epoch_totals = (0.0, 0.0, 0.0)
         self.last_loss, self.peak_lr, self.resumed_from = None, 0.0, None
 
     # ---------------------------------------------------------------------------------------------- resume
@@ -140,7 +141,7 @@ class TrainingLoop:
             self.skip_batches = state.get("batches_in_epoch", 0)
             self.nonfinite.total = state.get("nonfinite_steps", 0)
             self.skipped_batches = state.get("skipped_batches", 0)
-            self.epoch_totals = tuple(state.get("epoch_totals", (0.0, 0.0)))
+            self.epoch_totals = (*state.get("epoch_totals", ()), 0.0, 0.0, 0.0)[:3]
         return state
 
     def checkpoint(self, epoch: int, batches_in_epoch: int, totals: tuple, extra: dict) -> Path:
@@ -185,8 +186,8 @@ class TrainingLoop:
                 self.loader.set_epoch(epoch)
             active = acc.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches else self.loader
             batches_in_epoch, self.skip_batches = self.skip_batches, 0
-            epoch_sum = torch.tensor([*self.epoch_totals, 0.0], device=device)  # + batches with images
-            self.epoch_totals = (0.0, 0.0)
+            epoch_sum = torch.tensor(self.epoch_totals, device=device)
+            self.epoch_totals = (0.0, 0.0, 0.0)
             wait_start = time.perf_counter()
             for batch in active:
                 window_wait += time.perf_counter() - wait_start
@@ -227,7 +228,7 @@ class TrainingLoop:
                         window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
                     if (self.checkpoint_every and self.update_step % self.checkpoint_every == 0
                             and batches_in_epoch < sched.batches_per_epoch):  # the epoch's own follows its end
-                        totals = (acc.reduce(epoch_sum[:2].clone(), "sum") / acc.num_processes).tolist()
+                        totals = (acc.reduce(epoch_sum.clone(), "sum") / acc.num_processes).tolist()
                         self.checkpoint(epoch, batches_in_epoch, tuple(totals), extra_state())
                     if self.update_step >= sched.total_updates:
                         done = True
@@ -243,7 +244,7 @@ class TrainingLoop:
             if on_epoch_end is not None:
                 on_epoch_end(epoch_done, loss_sum / finite_count if finite_count else None, done)
             if batches_in_epoch >= sched.batches_per_epoch:
-                self.checkpoint(epoch_done, 0, (0.0, 0.0), extra_state())
+                self.checkpoint(epoch_done, 0, (0.0, 0.0, 0.0), extra_state())
         progress.close()
         return {"optimizer_steps": self.update_step, "epochs": sched.epochs, "nonfinite_steps": self.nonfinite.total,
                 "skipped_batches": self.skipped_batches, "skipped_images": self._reduced_bad_images(),

@@ -45,9 +45,15 @@ def root(tmp_path_factory) -> Path:
     table = {"image": [{"bytes": b, "path": None} for b, _ in rows], "label": [label for _, label in rows]}
     (root / "first_bad").mkdir()
     pq.write_table(pa.table(table), root / "first_bad" / "train.parquet")
+    second_batch = set(torch.randperm(16, generator=seeded_generator(0, 0))[8:].tolist())
+    rows = [(b"not an image" if i in second_batch else png_bytes(i % 2, i), i % 2) for i in range(16)]
+    (root / "last_bad").mkdir()
+    pq.write_table(pa.table({"image": [{"bytes": b, "path": None} for b, _ in rows],
+                             "label": [label for _, label in rows]}), root / "last_bad" / "train.parquet")
     held_out = {"image": [{"bytes": png_bytes(i % 2, 100 + i), "path": None} for i in range(6)] +
                 [{"bytes": b"junk", "path": None}] * 2, "label": [i % 2 for i in range(8)]}
     pq.write_table(pa.table(held_out), root / "first_bad" / "validation.parquet")
+    pq.write_table(pa.table(held_out), root / "last_bad" / "validation.parquet")
     return root
 
 
@@ -150,6 +156,21 @@ def test_a_first_batch_with_no_decodable_image_is_skipped_and_counted(root, tmp_
     saved = json.loads((out / "results.json").read_text())
     skipped = saved["skipped_images"]
     assert (skipped["train"] if isinstance(skipped, dict) else skipped) == 16
+
+
+def test_a_resume_whose_rest_of_the_epoch_is_undecodable_goes_on(root, tmp_path):
+    """Killed after the first batch of an epoch whose second batch is all undecodable: the resumed run skips
+    that batch (the epoch as a whole had images) instead of calling the data empty."""
+    out = tmp_path / "run"
+    data = ["--dataset_name", str(root / "last_bad")]
+    with pytest.warns(UserWarning, match="Skipping undecodable image"):
+        full = run("pretrain", root, out, "--per_device_batch_size", "8", "--epochs", "1", "--checkpointing_steps",
+                   "1", data=data)
+    assert full["skipped_batches"] == 1
+    with pytest.warns(UserWarning, match="Skipping undecodable image"):
+        resumed = run("pretrain", root, tmp_path / "resumed", "--per_device_batch_size", "8", "--epochs", "1",
+                      "--resume_from_checkpoint", str(out / "checkpoints" / "checkpoint-1"), data=data)
+    assert resumed["optimizer_steps"] == 2 and resumed["skipped_batches"] == 1
 
 
 def test_no_decodable_training_image_is_an_error_not_a_result(root, tmp_path):
