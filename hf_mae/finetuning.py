@@ -33,6 +33,7 @@ from .data import TrainTransform, make_transform_fn
 from .data_args import add_data_arguments, dataloader_workers
 from .evaluation import (
     add_model_arguments,
+    add_sample_arguments,
     dataset_name,
     eval_dataloader,
     evaluate_classifier,
@@ -118,11 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random erasing probability (official 0.25; embedded 0)")
     recipe.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (official: off)")
     run = add_run_arguments(parser, output_dir="outputs/finetune")
-    run.add_argument("--max_train_samples", type=positive_int, default=None,
-                     help="random subset of the training split")
-    run.add_argument("--max_eval_samples", type=positive_int, default=None, help="random subset of the held-out split")
-    run.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
-                     help="images per device for evaluation")
+    add_sample_arguments(run)
     return parser
 
 

@@ -44,6 +44,7 @@ from .evaluation import (
     PROBE_PAPER_DEFAULTS,
     ProbeHead,
     add_model_arguments,
+    add_sample_arguments,
     dataset_name,
     evaluate_probe,
     extract_split_features,
@@ -125,11 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--augment: RandomResizedCrop scale lower bound (official 0.08)")
     recipe.add_argument("--no_hflip", action="store_true", help="--augment: no horizontal flip")
     run = add_run_arguments(parser, output_dir="outputs/probe", mixed_precision="no")
-    run.add_argument("--max_train_samples", type=positive_int, default=None,
-                     help="random subset of the training split")
-    run.add_argument("--max_eval_samples", type=positive_int, default=None, help="random subset of the held-out split")
-    run.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
-                     help="images per device for feature extraction")
+    add_sample_arguments(run)
     run.add_argument("--cache_features", action="store_true",
                      help="also keep the extracted features in <output_dir>/features.pt and reuse them when "
                           "the encoder, data and preprocessing match")
