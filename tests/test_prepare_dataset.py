@@ -143,3 +143,12 @@ def test_capped_image_keeps_an_undecodable_file_as_it_is():
     Image.new("RGB", (100, 50), (200, 10, 10)).save(buffer, "JPEG")
     resized, fmt, what = prep.capped_image(buffer.getvalue(), 32, 90)
     assert what == "resized" and fmt == "jpeg" and Image.open(io.BytesIO(resized)).size == (64, 32)
+
+
+def test_shards_written_by_several_processes_hold_the_same_rows(source, tmp_path):
+    prepare(source, tmp_path / "one")
+    prepare(source, tmp_path / "two", "--num_proc", "2")
+    one, _, _ = load_image_datasets(dataset_name=str(tmp_path / "one"))
+    two, _, _ = load_image_datasets(dataset_name=str(tmp_path / "two"))
+    assert one["label"] == two["label"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(one["image"], two["image"]))
