@@ -49,7 +49,7 @@ try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BEN
 except ImportError:  # PIL decodes everything then
     simplejpeg = None
 
-try:  # the training crop's resize: several times faster than PIL's (BENCHMARKS.md), output compared in the tests
+try:  # the training crop's resize: about twice as fast as PIL's (BENCHMARKS.md), output compared in the tests
     import cv2
 
     cv2.setNumThreads(1)  # one DataLoader worker, one core: OpenCV's own threads would only compete with the others
@@ -570,7 +570,7 @@ class TrainTransform:
     identical (mean absolute difference ~0.3/255 on photo-like images, ~2.5/255 on pure noise).
 
     Resizing the crop: `resize="opencv"` (the default where OpenCV is installed, bicubic interpolation only)
-    uses `resize_box`: ~5x faster than PIL, within ~1 grey level of PIL's bicubic on average (see there);
+    uses `resize_box`: ~1.8x faster than PIL, within ~1 grey level of PIL's bicubic on average (see there);
     `resize="pil"` is one `Image.resize(..., box=crop)` call, as before.
 
     Output: `output="float"` (default) gives the normalised float32 (num_channels, height, width) tensor;
