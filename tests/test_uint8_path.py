@@ -41,8 +41,8 @@ def jpeg_dataset():
                                                                   "label": datasets.Value("int64")}))
 
 
-def first_batch(dataset, transform, batch_size=12):
-    loader = train_dataloader(dataset, make_transform_fn(transform), batch_size, num_workers=0, seed=4)
+def first_batch(dataset, transform, batch_size=12, seed=4):
+    loader = train_dataloader(dataset, make_transform_fn(transform), batch_size, num_workers=0, seed=seed)
     return next(iter(loader))
 
 
@@ -152,3 +152,28 @@ def test_without_opencv_pil_resizes(monkeypatch):
     transform = TrainTransform(16, output="uint8")
     assert transform.resize == "pil"
     assert transform(Image.open(io.BytesIO(photo_jpeg(seed=2)))).shape == (3, 16, 16)
+
+
+def test_pretraining_steps_see_the_normalised_batch_of_the_float_path(jpeg_dataset, tmp_path):
+    """The loop normalises the uint8 batch on the device before the step: the first batch the model sees is the
+    old float path's batch (same crops, same normalisation) whose sum the run logs."""
+    import json
+
+    from conftest import TINY
+
+    from hf_mae.data import load_image_datasets
+    from hf_mae.pretraining import main, parse_args
+
+    jpeg_dataset.to_parquet(str(tmp_path / "train.parquet"))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    main(parse_args(["--data_files", str(tmp_path / "train.parquet"), "--model_config", str(tmp_path / "tiny.json"),
+                     "--output_dir", str(tmp_path / "run"), "--per_device_batch_size", "4", "--max_train_steps", "1",
+                     "--num_workers", "0", "--mixed_precision", "no", "--warmup_steps", "0", "--monitor_every", "-1"]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = next(r for r in log if r.get("event") == "first_batch")["pixel_sums_per_process"][0]
+    processor = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
+    train, _, _ = load_image_datasets(data_files=str(tmp_path / "train.parquet"))
+    transform = TrainTransform(TINY["image_size"], mean=processor["image_mean"], std=processor["image_std"])
+    expected = first_batch(train, transform, batch_size=4, seed=0)["pixel_values"]  # float32, normalised in the worker
+    assert logged == pytest.approx(expected.sum().item(), rel=1e-5, abs=1e-3)
+    assert abs(logged) < expected.numel()  # normalised values, not 0-255 pixels
