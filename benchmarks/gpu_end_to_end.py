@@ -1,8 +1,10 @@
 """The end-to-end GPU run: scripts/pretrain.py as a user runs it, against benchmark_gpu.py's synthetic step.
 
-One script for a lent GPU session, writing everything under --out (default: $OUT, else outputs/gpu_end_to_end)
-as it goes: each step's stdout/stderr in its own file, `summary.json` rewritten after every step, so a session
-cut short still leaves what it measured.
+One script for a lent GPU session. Results go under --out (default: $OUT, else outputs/gpu_end_to_end) as it
+goes: each step's command, stdout and stderr in its own file, each run's log.jsonl / results.json and
+checkpoint listing, `summary.json` rewritten after every step, so a session cut short still leaves what it
+measured. The bulky files (the dataset, run folders with weights and checkpoints) stay in --work_dir (default
+outputs/gpu_end_to_end_work, git-ignored), where a second call on the same machine finds the dataset again.
 
 1. data: a synthetic ImageNet-like dataset (photo-like 500x375 quality-90 JPEGs, --images of them, 100 classes)
    written as parquet shards with a dataset card (the fastest layout measured, BENCHMARKS.md), on all cores.
@@ -19,6 +21,9 @@ cut short still leaves what it measured.
 
     python benchmarks/gpu_end_to_end.py --out $OUT                 # on the GPU machine (about 10 minutes)
     python benchmarks/gpu_end_to_end.py --dry_run --out /tmp/e2e   # everything tiny, on the CPU
+    # within a 10-minute limit per command: two calls on the same (warm) machine
+    python benchmarks/gpu_end_to_end.py --out $OUT --skip fsdp --no-large
+    python benchmarks/gpu_end_to_end.py --out $OUT --skip pretrain step loader   # ViT-L step + FSDP
 """
 
 from __future__ import annotations
@@ -134,6 +139,14 @@ def throughput(folder: Path) -> dict:
             "per_window": [(r["step"], r["images_per_s"], r["data_wait_fraction"]) for r in windows]}
 
 
+def keep_run_files(folder: Path, into: Path) -> None:
+    """The small files of a run folder (its log, results, banner arguments) copied into the results."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("log.jsonl", "results.json", "training_args.json", "hf_mae_run.json"):
+        if (folder / name).exists():
+            (into / name).write_bytes((folder / name).read_bytes())
+
+
 def checkpoint_files(folder: Path) -> dict:
     checkpoints = sorted(p for p in (folder / "checkpoints").glob("*") if p.is_dir()) if folder.exists() else []
     listing = {p.name: sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file())[:40] for p in checkpoints}
@@ -145,6 +158,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_end_to_end")
+    parser.add_argument("--work_dir", default=None,
+                        help="dataset and run folders (default outputs/gpu_end_to_end_work; dry run: <out>/work)")
     parser.add_argument("--images", type=int, default=20000, help="synthetic JPEGs (default 20000)")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of the end-to-end run")
     parser.add_argument("--batch", type=int, default=256)
@@ -159,6 +174,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir or (out / "work" if args.dry_run else REPO / "outputs" / "gpu_end_to_end_work"))
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         args.images, args.steps, args.batch, args.workers, args.large = 48, 3, 8, 1, False
         (out / "tiny.json").write_text(json.dumps(TINY))
@@ -179,19 +197,20 @@ def main(argv=None) -> dict:
         save()
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {json.dumps(summary[name])[:600]}", flush=True)
 
-    data = out / "data"
+    data = work / "data_dry_run" if args.dry_run else work / f"data_{args.images}"
     step("data", lambda: make_dataset(data, args.images, classes=4 if args.dry_run else 100,
                                       shard=16 if args.dry_run else 1000))
 
     if "pretrain" not in args.skip:
         def pretrain():
-            folder = out / "pretrain"
+            folder = work / "pretrain"
             result = run_logged("pretrain", launch(
                 "--dataset_name", str(data), *model, *precision, "--per_device_batch_size", str(args.batch),
                 "--num_workers", str(args.workers), "--max_train_steps", str(args.steps), "--warmup_steps", "5",
                 "--logging_steps", "1" if args.dry_run else "10", "--monitor_every", "-1", "--image_log_every", "0",
                 "--output_dir", str(folder), "--overwrite_output_dir", dry_run=args.dry_run),
                 out, args.step_timeout, env)
+            keep_run_files(folder, out / "pretrain")
             return {**result, **throughput(folder)}
         step("pretrain", pretrain)
 
@@ -230,7 +249,7 @@ def main(argv=None) -> dict:
 
     if "fsdp" not in args.skip:
         def fsdp():
-            folder = out / "fsdp"
+            folder = work / "fsdp"
             common = ["--dataset_name", str(data), *model, "--per_device_batch_size", str(min(args.batch, 64)),
                       "--num_workers", str(args.workers), "--checkpointing_steps", "2", "--monitor_every", "-1",
                       "--image_log_every", "0", "--logging_steps", "1", "--warmup_steps", "2",
@@ -243,6 +262,7 @@ def main(argv=None) -> dict:
             resumed = run_logged("fsdp_resumed", launch(*common, "--max_train_steps", "6", "--resume_from_checkpoint",
                                                         "latest", config_file=config), out, args.step_timeout,
                                  extra_env)
+            keep_run_files(folder, out / "fsdp")
             results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
             return {"first": first, "checkpoints_after_first": written, "resumed": resumed,
                     "resumed_from": results.get("resumed_from"), "optimizer_steps": results.get("optimizer_steps"),

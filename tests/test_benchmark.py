@@ -142,5 +142,6 @@ def test_gpu_end_to_end_script_dry_run(tmp_path):
     assert fsdp["first"]["returncode"] == 0 and fsdp["checkpoints_after_first"]["checkpoints"]
     assert fsdp["resumed_from"] and fsdp["optimizer_steps"] == 6
     assert summary["verdict"]["fsdp_resumed"] is True
-    for name in ("pretrain.stdout.txt", "pretrain.stderr.txt", "fsdp_resumed.command.txt"):
-        assert (tmp_path / "logs" / name).exists()
+    for name in ("logs/pretrain.stdout.txt", "logs/pretrain.stderr.txt", "logs/fsdp_resumed.command.txt",
+                 "pretrain/log.jsonl", "fsdp/results.json"):
+        assert (tmp_path / name).exists(), name
