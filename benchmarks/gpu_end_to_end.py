@@ -238,7 +238,7 @@ def main(argv=None) -> dict:
         def loader():
             command = [sys.executable, str(BENCHMARKS / "benchmark.py"), "--case", "loader", "--json",
                        str(out / "loader.json"), "--images", "16" if args.dry_run else "256", "--rounds",
-                       "1" if args.dry_run else "3"]
+                       "1" if args.dry_run else "3", "--loader_batch", "4" if args.dry_run else "32"]
             result = run_logged("loader", command, out, args.step_timeout, env)
             if (out / "loader.json").exists():
                 cases = json.loads((out / "loader.json").read_text())["cases"]["loader"]

@@ -137,7 +137,7 @@ def test_gpu_end_to_end_script_dry_run(tmp_path):
     assert summary["pretrain"]["returncode"] == 0 and summary["pretrain"]["images_per_s"] > 0
     assert 0 <= summary["pretrain"]["data_wait_fraction"] <= 1
     assert summary["step"]["variants"]["hf_mae"]["images_per_s"] > 0
-    assert summary["loader"]["speedup_vs_old"] > 0
+    assert summary["loader"]["speedup_vs_old"] > 0 and summary["loader"]["per_core_images_per_s"]["parquet"] > 0
     fsdp = summary["fsdp"]
     assert fsdp["first"]["returncode"] == 0 and fsdp["checkpoints_after_first"]["checkpoints"]
     assert fsdp["resumed_from"] and fsdp["optimizer_steps"] == 6
