@@ -317,7 +317,7 @@ def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int
     open the run log (fresh unless resuming); `save_args` writes training_args.json (what a training run's
     model card reads). Returns (accelerator, run_log, out_dir)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
 
     from .allocator import keep_freed_memory
     from .precision import resolve_mixed_precision
@@ -328,7 +328,8 @@ def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int
     log_with = trackers_from(getattr(args, "report_to", None))
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision),
                               gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
-                              project_dir=str(out))
+                              project_dir=str(out),  # pinned batches are copied to a GPU without waiting:
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
     set_seed(args.seed)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(args, accelerator))
