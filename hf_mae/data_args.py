@@ -6,7 +6,9 @@ import os
 from .data import load_image_datasets
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The data source flags; `training=False` leaves out what only a training loader uses (--streaming,
+    --strict_images), e.g. for the prepared-copy program."""
     data = parser.add_argument_group("data (default: the embedded MNIST-5k digits, no download)")
     data.add_argument("--dataset_name", default=None,
                       help="Hub dataset id (e.g. ILSVRC/imagenet-1k, gated: log in or set HF_TOKEN; "
@@ -22,10 +24,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                       help="image column (guessed: image, img, jpg, ...)")
     data.add_argument("--label_column", "--label_column_name", default=None,
                       help="label column (guessed: label, cls, ...)")
-    data.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
     data.add_argument("--cache_dir", default=None, help="datasets cache folder")
-    data.add_argument("--strict_images", action="store_true",
-                      help="fail on the first undecodable image instead of skipping and counting it")
+    if training:
+        data.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+        data.add_argument("--strict_images", action="store_true",
+                          help="fail on the first undecodable image instead of skipping and counting it")
 
 
 def dataloader_workers(args: argparse.Namespace) -> int:

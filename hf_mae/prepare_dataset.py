@@ -41,7 +41,7 @@ from PIL import Image
 
 from .checkpointing import write_json_atomic
 from .data import _DECODE_ERRORS, _open_image, convert_image_mode
-from .data_args import load_datasets_from_args
+from .data_args import add_data_arguments, load_datasets_from_args
 from .runner import check_output_dir, mark_finished, positive_int, read_run_marker, run_cli, take_output_dir
 
 PROGRAM = "prepare_dataset"
@@ -53,19 +53,7 @@ _SOURCES: dict = {}  # split -> dataset, inherited by the forked shard writers
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("source (any dataset the training programs accept)")
-    data.add_argument("--dataset_name", default=None, help="Hub dataset id or a local dataset folder")
-    data.add_argument("--dataset_config_name", default=None, help="dataset configuration name")
-    data.add_argument("--train_dir", default=None, help="imagefolder of training images (one folder per class)")
-    data.add_argument("--eval_dir", "--validation_dir", default=None, help="imagefolder of held-out images")
-    data.add_argument("--data_files", nargs="+", default=None,
-                      help="parquet / arrow / webdataset .tar files (paths or globs) for the train split")
-    data.add_argument("--train_split", default="train", help="training split (default train)")
-    data.add_argument("--eval_split", default="validation",
-                      help="held-out split, copied too when the source has it (default validation; '' for none)")
-    data.add_argument("--image_column", default=None, help="image column (guessed: image, img, jpg, ...)")
-    data.add_argument("--label_column", default=None, help="label column (guessed: label, cls, ...)")
-    data.add_argument("--cache_dir", default=None, help="datasets cache folder")
+    add_data_arguments(parser, training=False)  # any dataset the training programs accept
     out = parser.add_argument_group("prepared copy")
     out.add_argument("--output_dir", required=True, help="folder of the prepared copy")
     out.add_argument("--shorter_side", type=positive_int, default=256,
