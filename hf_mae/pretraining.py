@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init_from", default=None,
                        help="continue pretraining from an hf_mae checkpoint folder or Hub id (its own "
                             "norm_pix_loss is kept unless --norm_pix_loss/--no-norm_pix_loss is given)")
-    model.add_argument("--mask_ratio", type=open_fraction, default=None, help="fraction of patches removed (embedded: 0.6, else "
-                       "the model's own: 0.75 in every preset)")
+    model.add_argument("--mask_ratio", type=open_fraction, default=None,
+                       help="fraction of patches removed (embedded: 0.6, else the model's own: 0.75 in every preset)")
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None,
                        help="per-patch normalised targets (default on; inherited with --init_from)")
     model.add_argument("--attn_implementation", default=None, help="sdpa (default) or eager")
@@ -159,7 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.streaming and not args.max_train_steps:
         raise SystemExit("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     for name, value in (EMBEDDED_DEFAULTS if is_embedded(args) else PAPER_DEFAULTS).items():
-        if getattr(args, name) is None and not (name in _ARCHITECTURE_DEFAULTS and (args.model_config or args.init_from)):
+        own_model = args.model_config or args.init_from
+        if getattr(args, name) is None and not (name in _ARCHITECTURE_DEFAULTS and own_model):
             setattr(args, name, value)
     return args
 
