@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
-from hf_mae.pretraining import main, parse_args
+from hf_mae.pretraining import build_model, main, parse_args
 from hf_mae.runner import OutputDirError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,3 +251,18 @@ def test_mask_noise_depends_on_its_seed_parts_only():
     assert first.shape == (4, 16) and torch.equal(mask_noise(pixels, 16, 0, 1, 2, 0), first)
     for other in [(1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]:  # seed, epoch, batch, process
         assert not torch.equal(mask_noise(pixels, 16, *other), first)
+
+
+def test_embedded_recipe_mask_ratio_belongs_to_the_preset(tmp_path):
+    """The embedded recipe's mask ratio (0.6) goes with its preset; a model the user brings keeps its own."""
+    from hf_mae import MAEConfig
+
+    embedded = parse_args([])
+    assert (embedded.preset, embedded.mask_ratio, embedded.per_device_batch_size) == ("mae-vit-mnist-patch4", 0.6, 64)
+    (tmp_path / "model.json").write_text(json.dumps({**TINY, "mask_ratio": 0.5}))
+    own = parse_args(["--model_config", str(tmp_path / "model.json")])
+    assert own.mask_ratio is None and build_model(own)[0].config.mask_ratio == 0.5
+    MAEConfig(**TINY, mask_ratio=0.5).save_pretrained(tmp_path / "ckpt")
+    assert parse_args(["--init_from", str(tmp_path / "ckpt")]).mask_ratio is None
+    assert parse_args(["--mask_ratio", "0.7"]).mask_ratio == 0.7
+    assert parse_args(["--dataset_name", "some/dataset"]).mask_ratio is None  # the preset's own 0.75
