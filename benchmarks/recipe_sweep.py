@@ -35,7 +35,7 @@ PRETRAIN = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
 FOLDS = 4  # validation: 4 folds of 1,000 training digits, each scored by a probe trained on the other 3,000
 
 
-def validation_probe(encoder_dir: Path, seed: int = 0, settings: dict = PROBE_EMBEDDED_DEFAULTS) -> dict:
+def validation_probe(encoder_dir: Path, seed: int = 0) -> dict:
     """Linear probe top-1 (CLS, mean), 4-fold cross-validated over the 4,000 training digits.
 
     Every training digit is scored once by a probe that did not train on it (4,000 scores per pooling: the
@@ -46,7 +46,8 @@ def validation_probe(encoder_dir: Path, seed: int = 0, settings: dict = PROBE_EM
     processor = MAEImageProcessor.from_pretrained(encoder_dir)
     features = extract_pooled_features(Accelerator(cpu=True), encoder, eval_dataloader(train, processor, 256),
                                        ("cls", "mean"))
-    out = {}
+    settings, out = PROBE_EMBEDDED_DEFAULTS, {}
+    batch = settings["per_device_batch_size"]
     for pooling in ("cls", "mean"):
         x, y = features[pooling].features, features[pooling].labels
         correct = 0.0
@@ -55,10 +56,9 @@ def validation_probe(encoder_dir: Path, seed: int = 0, settings: dict = PROBE_EM
             held[fold * len(y) // FOLDS:(fold + 1) * len(y) // FOLDS] = True
             torch.manual_seed(seed)
             head = new_probe_head(x.shape[1], 10)
-            batch = settings["per_device_batch_size"]
             train_probe_head(head, x[~held], y[~held], epochs=settings["epochs"], batch_size=batch,
                              lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"],
-                             weight_decay=settings.get("weight_decay", 0.0), seed=seed, disable_progress=True)
+                             seed=seed, disable_progress=True)
             correct += evaluate_probe(head, x[held], y[held])["top1"] * int(held.sum()) / 100
         out[f"val_probe_top1_{pooling}"] = round(100 * correct / len(y), 2)
     return out
