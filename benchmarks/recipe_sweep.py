@@ -22,14 +22,12 @@ from hf_mae import MAEModel
 from hf_mae.data import load_image_datasets
 from hf_mae.evaluation import (
     PROBE_EMBEDDED_DEFAULTS,
+    Features,
     eval_dataloader,
-    evaluate_probe,
     extract_pooled_features,
-    new_probe_head,
-    train_probe_head,
+    fit_and_score_probe,
 )
 from hf_mae.image_processing_mae import MAEImageProcessor
-from hf_mae.optim import scaled_lr
 
 PRETRAIN = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
 FOLDS = 4  # validation: 4 folds of 1,000 training digits, each scored by a probe trained on the other 3,000
@@ -46,20 +44,16 @@ def validation_probe(encoder_dir: Path, seed: int = 0) -> dict:
     processor = MAEImageProcessor.from_pretrained(encoder_dir)
     features = extract_pooled_features(Accelerator(cpu=True), encoder, eval_dataloader(train, processor, 256),
                                        ("cls", "mean"))
-    settings, out = PROBE_EMBEDDED_DEFAULTS, {}
-    batch = settings["per_device_batch_size"]
+    out = {}
     for pooling in ("cls", "mean"):
         x, y = features[pooling].features, features[pooling].labels
         correct = 0.0
         for fold in range(FOLDS):
             held = torch.zeros(len(y), dtype=torch.bool)
             held[fold * len(y) // FOLDS:(fold + 1) * len(y) // FOLDS] = True
-            torch.manual_seed(seed)
-            head = new_probe_head(x.shape[1], 10)
-            train_probe_head(head, x[~held], y[~held], epochs=settings["epochs"], batch_size=batch,
-                             lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"],
-                             seed=seed, disable_progress=True)
-            correct += evaluate_probe(head, x[held], y[held])["top1"] * int(held.sum()) / 100
+            top1 = fit_and_score_probe(Features(x[~held], y[~held], 0), Features(x[held], y[held], 0), 10,
+                                       PROBE_EMBEDDED_DEFAULTS, seed)
+            correct += top1 * int(held.sum()) / 100
         out[f"val_probe_top1_{pooling}"] = round(100 * correct / len(y), 2)
     return out
 

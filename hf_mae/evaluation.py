@@ -28,7 +28,7 @@ from .data_args import dataloader_workers, load_datasets_from_args
 from .image_processing_mae import MAEImageProcessor
 from .loop import NonFiniteGuard
 from .modeling_mae import MAEForImageClassification
-from .optim import LARS, lr_at_step, set_lr
+from .optim import LARS, lr_at_step, scaled_lr, set_lr
 from .runner import positive_int
 
 ACCURACY_TOPK_PATH = str(Path(__file__).resolve().parent / "metrics" / "accuracy_topk.py")
@@ -452,6 +452,19 @@ def evaluate_probe(probe: ProbeHead, features: torch.Tensor, labels: torch.Tenso
     return topk_accuracy(probe_logits(probe, features), labels)
 
 
+def fit_and_score_probe(train: Features, held_out: Features, num_labels: int, settings: dict, seed: int) -> float:
+    """Held-out top-1 of a fresh probe head (seeded by `seed`) trained on cached features with `settings`
+    (a PROBE_*_DEFAULTS dict): the pretraining monitor's probe, also the recipe sweep's."""
+    with torch.random.fork_rng(devices=[]):  # the head's init draws from a seed of its own
+        torch.manual_seed(seed)
+        head = new_probe_head(train.features.shape[1], num_labels)
+    batch = min(settings["per_device_batch_size"], len(train.features))
+    train_probe_head(head, train.features, train.labels, epochs=settings["epochs"], batch_size=batch,
+                     lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"], seed=seed,
+                     disable_progress=True)
+    return evaluate_probe(head, held_out.features, held_out.labels)["top1"]
+
+
 # --------------------------------------------------------------------------------------------------------
 # kNN and top-k
 # --------------------------------------------------------------------------------------------------------
@@ -527,7 +540,8 @@ def evaluate_classifier(accelerator, model, loader) -> dict[str, float]:
 
 __all__ = ["ACCURACY_TOPK_PATH", "DEFAULT_MODEL", "Features", "PROBE_EMBEDDED_DEFAULTS", "PROBE_PAPER_DEFAULTS",
            "ProbeHead", "add_model_arguments", "add_sample_arguments", "collate_slots", "dataset_name",
-           "eval_dataloader", "evaluate_classifier", "evaluate_probe", "extract_features", "extract_pooled_features",
-           "extract_split_features", "init_head", "knn_accuracy", "knn_predict", "labelled_splits", "limit_samples",
-           "load_classifier", "load_topk_metric", "new_probe_head", "pool_tokens", "prepare_data", "probe_logits",
+           "eval_dataloader", "evaluate_classifier", "evaluate_probe", "extract_features",
+           "extract_pooled_features", "extract_split_features", "fit_and_score_probe", "init_head",
+           "knn_accuracy", "knn_predict", "labelled_splits", "limit_samples", "load_classifier",
+           "load_topk_metric", "new_probe_head", "pool_tokens", "prepare_data", "probe_logits",
            "read_mae_config", "reset_classifier_head", "topk_accuracy", "train_probe_head", "valid_rows"]

@@ -32,11 +32,9 @@ from .evaluation import (
     PROBE_EMBEDDED_DEFAULTS,
     PROBE_PAPER_DEFAULTS,
     eval_dataloader,
-    evaluate_probe,
     extract_pooled_features,
+    fit_and_score_probe,
     knn_accuracy,
-    new_probe_head,
-    train_probe_head,
 )
 from .image_processing_mae import MAEImageProcessor
 from .loop import TrainingLoop, placeholder_batch, plan_schedule
@@ -239,15 +237,7 @@ class Monitor:
 
     def probe(self, train, held_out) -> float:
         """Held-out top-1 of a fresh linear probe (BatchNorm + Linear, LARS) trained on cached features."""
-        settings = self.probe_settings
-        with torch.random.fork_rng(devices=[]):  # the head's init draws from a seed of its own
-            torch.manual_seed(self.args.seed)
-            head = new_probe_head(train.features.shape[1], self.num_labels)
-        batch = min(settings["per_device_batch_size"], len(train.features))
-        train_probe_head(head, train.features, train.labels, epochs=settings["epochs"], batch_size=batch,
-                         lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"],
-                         seed=self.args.seed, disable_progress=True)
-        return evaluate_probe(head, held_out.features, held_out.labels)["top1"]
+        return fit_and_score_probe(train, held_out, self.num_labels, self.probe_settings, self.args.seed)
 
     def measure(self, raw_pixels: bool = False) -> dict[str, float]:
         """{"probe_top1_cls", "probe_top1_mean", "knn_top1"} of the encoder now (or of the raw pixels:
