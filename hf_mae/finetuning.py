@@ -63,8 +63,8 @@ from .train_loader import seeded_generator, train_dataloader
 
 # Unset flags take these values on the embedded default data (4,000 28x28 digits; timings in BENCHMARKS.md) or
 # the official ViT-B values elsewhere.
-EMBEDDED_DEFAULTS = {"epochs": 15, "blr": 1e-3, "warmup_epochs": 1, "per_device_batch_size": 128,
-                     "layer_decay": 0.75, "drop_path": 0.1, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1,
+EMBEDDED_DEFAULTS = {"epochs": 30, "blr": 2e-3, "warmup_epochs": 2, "per_device_batch_size": 128,
+                     "layer_decay": 0.75, "drop_path": 0.1, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1,
                      "crop_min_scale": 0.35, "hflip": False, "aa": "none", "reprob": 0.0}
 PAPER_DEFAULTS = {"epochs": 100, "blr": 5e-4, "warmup_epochs": 5, "per_device_batch_size": 64,
                   "layer_decay": 0.65, "drop_path": 0.1, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1,
@@ -82,18 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sdpa or eager (default: eager on CPU, where it trains several times faster; else sdpa)")
     recipe = parser.add_argument_group("recipe (unset: official ViT-B values, or the embedded-data defaults)")
     recipe.add_argument("--epochs", "--num_train_epochs", type=positive_int, default=None,
-                        help="official 100 (ViT-B); embedded 15")
+                        help="official 100 (ViT-B); embedded 30")
     recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
                         help="images per device per step (official 64 x 16 GPUs; embedded 128)")
     recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
                         help="effective batch = per_device_batch_size x processes x this (official 1024)")
     recipe.add_argument("--blr", "--base_learning_rate", type=positive_float, default=None,
-                        help="base lr: lr = blr x effective_batch / 256 (official 5e-4; embedded 1e-3)")
+                        help="base lr: lr = blr x effective_batch / 256 (official 5e-4; embedded 2e-3)")
     recipe.add_argument("--lr", "--learning_rate", type=positive_float, default=None,
                         help="absolute lr (overrides --blr)")
     recipe.add_argument("--min_lr", type=nonnegative_float, default=1e-6, help="cosine floor (official 1e-6)")
     recipe.add_argument("--warmup_epochs", type=nonnegative_float, default=None,
-                        help="linear warmup epochs (official 5; embedded 1)")
+                        help="linear warmup epochs (official 5; embedded 2)")
     recipe.add_argument("--warmup_ratio", type=unit_fraction, default=None,
                         help="warmup as a fraction of all optimizer steps (overrides --warmup_epochs)")
     recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.05, help="AdamW weight decay (0.05)")
@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="layer-wise lr decay: block i gets decay^(depth - i) (official 0.65 ViT-B, 0.75 "
                              "ViT-L; embedded 0.75)")
     recipe.add_argument("--drop_path", type=open_fraction, default=None, help="stochastic depth rate (official 0.1)")
-    recipe.add_argument("--mixup", type=nonnegative_float, default=None, help="mixup alpha, 0 disables (official 0.8)")
+    recipe.add_argument("--mixup", type=nonnegative_float, default=None, help="mixup alpha, 0 disables (official 0.8; embedded 0)")
     recipe.add_argument("--cutmix", type=nonnegative_float, default=None,
-                        help="cutmix alpha, 0 disables (official 1.0)")
+                        help="cutmix alpha, 0 disables (official 1.0; embedded 0)")
     recipe.add_argument("--mixup_prob", type=unit_fraction, default=1.0, help="probability of mixing a batch")
     recipe.add_argument("--mixup_switch_prob", type=unit_fraction, default=0.5,
                         help="probability of cutmix over mixup")

@@ -72,8 +72,13 @@ def root(tmp_path_factory) -> Path:
 def test_augmentation_defaults_and_bad_values(capsys):
     embedded = parse_args(["--model", "x"])
     assert embedded.aa == "none" and embedded.reprob == 0  # digits: no RandAugment, no erasing by default
+    # the embedded recipe chosen on validation digits: 30 epochs at blr 2e-3, no mixup / cutmix
+    assert (embedded.epochs, embedded.blr, embedded.warmup_epochs) == (30, 2e-3, 2)
+    assert embedded.mixup == 0 and embedded.cutmix == 0 and embedded.smoothing == 0.1
+    assert parse_args(["--model", "x", "--mixup", "0.2"]).mixup == 0.2  # a flag still wins
     named = parse_args(["--model", "x", "--dataset_name", "some/imagenet"])
     assert named.aa == "rand-m9-mstd0.5-inc1" and named.reprob == 0.25  # the official recipe
+    assert (named.epochs, named.mixup, named.cutmix) == (100, 0.8, 1.0)
     with pytest.raises(SystemExit, match="inc1"):
         parse_args(["--model", "x", "--aa", "rand-m9"])
     with pytest.raises(SystemExit):  # refused at parse time, the flag named
