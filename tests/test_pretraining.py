@@ -253,16 +253,25 @@ def test_mask_noise_depends_on_its_seed_parts_only():
         assert not torch.equal(mask_noise(pixels, 16, *other), first)
 
 
-def test_embedded_recipe_mask_ratio_belongs_to_the_preset(tmp_path):
-    """The embedded recipe's mask ratio (0.6) goes with its preset; a model the user brings keeps its own."""
+def test_embedded_recipe_model_fields_belong_to_the_preset(tmp_path):
+    """The embedded recipe's mask ratio (0.6) and plain-pixel loss go with its preset; a model the user brings
+    keeps its own; the whole-digit crop is the embedded recipe's, the paper's 0.2 everywhere else."""
     from hf_mae import MAEConfig
 
     embedded = parse_args([])
     assert (embedded.preset, embedded.mask_ratio, embedded.per_device_batch_size) == ("mae-vit-mnist-patch4", 0.6, 64)
+    assert embedded.norm_pix_loss is False and embedded.crop_min_scale == 1.0
+    assert build_model(embedded)[0].config.norm_pix_loss is False
     (tmp_path / "model.json").write_text(json.dumps({**TINY, "mask_ratio": 0.5}))
     own = parse_args(["--model_config", str(tmp_path / "model.json")])
     assert own.mask_ratio is None and build_model(own)[0].config.mask_ratio == 0.5
+    assert own.norm_pix_loss is None and build_model(own)[0].config.norm_pix_loss is True  # MAEConfig's own
+    assert own.crop_min_scale == 1.0  # a recipe field: still the embedded data's
     MAEConfig(**TINY, mask_ratio=0.5).save_pretrained(tmp_path / "ckpt")
-    assert parse_args(["--init_from", str(tmp_path / "ckpt")]).mask_ratio is None
-    assert parse_args(["--mask_ratio", "0.7"]).mask_ratio == 0.7
-    assert parse_args(["--dataset_name", "some/dataset"]).mask_ratio is None  # the preset's own 0.75
+    resumed = parse_args(["--init_from", str(tmp_path / "ckpt")])
+    assert resumed.mask_ratio is None and resumed.norm_pix_loss is None
+    assert parse_args(["--mask_ratio", "0.7", "--norm_pix_loss"]).mask_ratio == 0.7
+    assert parse_args(["--norm_pix_loss"]).norm_pix_loss is True and parse_args(["--crop_min_scale", "0.3"]).crop_min_scale == 0.3
+    named = parse_args(["--dataset_name", "some/dataset"])
+    assert named.mask_ratio is None and named.norm_pix_loss is None  # the preset's own 0.75 and norm-pix
+    assert named.crop_min_scale == 0.2
