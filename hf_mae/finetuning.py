@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="layer-wise lr decay: block i gets decay^(depth - i) (official 0.65 ViT-B, 0.75 "
                              "ViT-L; embedded 0.75)")
     recipe.add_argument("--drop_path", type=open_fraction, default=None, help="stochastic depth rate (official 0.1)")
-    recipe.add_argument("--mixup", type=nonnegative_float, default=None, help="mixup alpha, 0 disables (official 0.8; embedded 0)")
+    recipe.add_argument("--mixup", type=nonnegative_float, default=None,
+                        help="mixup alpha, 0 disables (official 0.8; embedded 0)")
     recipe.add_argument("--cutmix", type=nonnegative_float, default=None,
                         help="cutmix alpha, 0 disables (official 1.0; embedded 0)")
     recipe.add_argument("--mixup_prob", type=unit_fraction, default=1.0, help="probability of mixing a batch")

