@@ -44,6 +44,7 @@ from .optim import build_adamw, param_groups_weight_decay, scaled_lr
 from .runner import (
     add_push_arguments,
     add_run_arguments,
+    apply_defaults,
     check_push_arguments,
     finish_run,
     is_embedded,
@@ -159,11 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("give --preset or --model_config, not both")
     if args.streaming and not args.max_train_steps:
         raise SystemExit("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
-    own_model = args.model_config or args.init_from
-    for name, value in (EMBEDDED_DEFAULTS if is_embedded(args) else PAPER_DEFAULTS).items():
-        if getattr(args, name) is None and not (name in _ARCHITECTURE_DEFAULTS and own_model):
-            setattr(args, name, value)
-    return args
+    skip = _ARCHITECTURE_DEFAULTS if args.model_config or args.init_from else ()  # the model's own values stay
+    return apply_defaults(args, {k: v for k, v in EMBEDDED_DEFAULTS.items() if k not in skip},
+                          {k: v for k, v in PAPER_DEFAULTS.items() if k not in skip})
 
 
 def build_model(args) -> tuple[MAEForPreTraining, MAEImageProcessor]:
