@@ -43,10 +43,10 @@ from transformers import ViTMAEForPreTraining, ViTMAEModel
 from transformers.utils import logging as transformers_logging
 
 from hf_mae import MAEConfig, MAEForPreTraining
-from hf_mae.allocator import keep_freed_memory
-from hf_mae.convert import config_to_transformers, to_transformers
-from hf_mae.optim import build_adamw, param_groups_weight_decay
-from hf_mae.precision import resolve_mixed_precision
+from hf_mae.convert.vitmae import config_to_transformers, to_transformers
+from hf_mae.training.allocator import keep_freed_memory
+from hf_mae.training.optim import build_adamw, param_groups_weight_decay
+from hf_mae.training.precision import resolve_mixed_precision
 
 transformers_logging.disable_progress_bar()  # saving/loading the shared weights is not worth a bar
 CASES = ("train_base", "train_small", "infer_base", "data", "memory")
@@ -242,7 +242,9 @@ def make_jpegs(count: int = 64, width: int = 500, height: int = 375, seed: int =
 
 def bench_data(args) -> dict:
     """One core: hf_mae's TrainTransform vs plain PIL decode + RandomResizedCrop-like crop + resize + flip."""
-    from hf_mae.data import TrainTransform  # imported here: the GPU check runs where `datasets` may be absent
+    from hf_mae.data.transforms import (
+        TrainTransform,  # imported here: the GPU check runs where `datasets` may be absent
+    )
 
     torch.set_num_threads(1)
     jpegs = make_jpegs()
@@ -306,14 +308,14 @@ def write_layouts(root: Path, jpegs: list[bytes], classes: int = 4) -> dict:
 
 def old_transform(size: int = 224):
     """The training transform before uint8 batches: PIL's resize, normalised float32 made in the workers."""
-    from hf_mae.data import TrainTransform
+    from hf_mae.data.transforms import TrainTransform
 
     return TrainTransform(size, resize="pil", output="float")
 
 
 def new_transform(size: int = 224):
     """The programs' training transform: OpenCV's resize, uint8 out of the workers (normalised on the device)."""
-    from hf_mae.data import TrainTransform
+    from hf_mae.data.transforms import TrainTransform
 
     return TrainTransform(size, output="uint8")
 
@@ -332,8 +334,8 @@ def _cpu_seconds(pids: list[int]) -> float:
 def epoch_timer(dataset, transform, batch: int, workers: int):
     """A function of the epoch that runs one epoch of hf_mae's training DataLoader and returns (wall seconds,
     CPU seconds of the main process and its workers together)."""
-    from hf_mae.data import make_transform_fn
-    from hf_mae.train_loader import train_dataloader
+    from hf_mae.data.decoding import make_transform_fn
+    from hf_mae.data.train_loader import train_dataloader
 
     loader = train_dataloader(dataset, make_transform_fn(transform), batch, num_workers=workers, seed=0)
 
@@ -364,7 +366,7 @@ def interleaved_loaders(timers: dict, rounds: int) -> dict:
 def bench_loader(args) -> dict:
     """Images/s through the whole training DataLoader, one worker process (= one core decoding), per layout:
     today's path (PIL resize, float32 normalised in the worker) against the new one (OpenCV, uint8)."""
-    from hf_mae.data import load_image_datasets
+    from hf_mae.data.sources import load_image_datasets
 
     torch.set_num_threads(1)
     jpegs = make_jpegs(args.images)
@@ -407,7 +409,8 @@ def bench_stages(args) -> dict:
     import cv2
     import simplejpeg
 
-    from hf_mae.data import DeviceNormalize, _planes, collate, resize_box
+    from hf_mae.data.decoding import collate
+    from hf_mae.data.transforms import DeviceNormalize, _planes, resize_box
 
     torch.set_num_threads(1)
     jpegs = make_jpegs(args.images)
@@ -453,8 +456,8 @@ def bench_stages(args) -> dict:
 def bench_prepared(args) -> dict:
     """The new loader on a parquet copy of the source against prepared copies (shorter side N, quality 90):
     images per CPU-second of the loader's processes (see bench_loader), interleaved rounds."""
-    from hf_mae import prepare_dataset
-    from hf_mae.data import load_image_datasets
+    from hf_mae.cli import prepare_dataset
+    from hf_mae.data.sources import load_image_datasets
 
     torch.set_num_threads(1)
     width, height = args.source_size

@@ -35,8 +35,11 @@ import torch
 from torch import nn
 
 from hf_mae import MAEConfig, MAEImageProcessor, MAEModel
-from hf_mae.data import load_embedded_default
-from hf_mae.export import FILE_NAMES, export_model, load_model, onnx_session
+from hf_mae.data.sources import load_embedded_default
+from hf_mae.export.folder import export_model
+from hf_mae.export.parity import onnx_session
+from hf_mae.export.spec import FILE_NAMES
+from hf_mae.export.wrappers import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,9 +85,9 @@ def resolve_probe(args) -> tuple[str, str]:
         where = "a random-init mae-vit-mnist-patch4 encoder (seed 0)"
     else:
         where = f"encoder {encoder}"
-    from hf_mae.linear_probe import main as probe_main
-    from hf_mae.linear_probe import parse_args as probe_args
-    from hf_mae.runner import read_run_marker
+    from hf_mae.cli.linear_probe import main as probe_main
+    from hf_mae.cli.linear_probe import parse_args as probe_args
+    from hf_mae.training.output_dir import read_run_marker
 
     probe = output / "probe"
     marker = read_run_marker(probe) or {}

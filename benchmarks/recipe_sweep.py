@@ -19,15 +19,10 @@ import torch
 from accelerate import Accelerator
 
 from hf_mae import MAEModel
-from hf_mae.data import load_image_datasets
-from hf_mae.evaluation import (
-    PROBE_EMBEDDED_DEFAULTS,
-    Features,
-    eval_dataloader,
-    extract_pooled_features,
-    fit_and_score_probe,
-)
-from hf_mae.image_processing_mae import MAEImageProcessor
+from hf_mae.data.sources import load_image_datasets
+from hf_mae.evaluation.features import Features, eval_dataloader, extract_pooled_features
+from hf_mae.evaluation.probe import PROBE_EMBEDDED_DEFAULTS, fit_and_score_probe
+from hf_mae.models.mae.image_processing_mae import MAEImageProcessor
 
 PRETRAIN = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
 FOLDS = 4  # validation: 4 folds of 1,000 training digits, each scored by a probe trained on the other 3,000

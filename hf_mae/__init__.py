@@ -19,9 +19,15 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from .configuration_mae import PRESETS, MAEConfig
-from .image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
-from .modeling_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
+from .models.mae.configuration_mae import PRESETS, MAEConfig
+from .models.mae.image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
+from .models.mae.modeling_mae import (
+    MAEBackbone,
+    MAEForImageClassification,
+    MAEForPreTraining,
+    MAEModel,
+    MAEPreTrainedModel,
+)
 
 AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
 AutoModel.register(MAEConfig, MAEModel, exist_ok=True)

@@ -1,10 +1,10 @@
 """Convert an MAE / ViT checkpoint between official MAE, timm, transformers and hf_mae layouts:
 `python scripts/convert_checkpoint.py mae_pretrain_vit_base.pth outputs/mae-vit-base` (see --help and
-hf_mae/convert_checkpoint.py)."""
+hf_mae/cli/convert_checkpoint.py)."""
 
 import sys
 
-from hf_mae.convert_checkpoint import main, parse_args
+from hf_mae.cli.convert_checkpoint import main, parse_args
 
 if __name__ == "__main__":
     sys.exit(main(parse_args()))

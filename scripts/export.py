@@ -1,8 +1,8 @@
 """Export an hf_mae encoder or classifier to ONNX, int8 ONNX, torch.export or TorchScript, checked against
 PyTorch: `python scripts/export.py --model outputs/pretrain/encoder --format all` (see --help and
-hf_mae/export.py)."""
+hf_mae/cli/export.py)."""
 
-from hf_mae.export import main, parse_args
+from hf_mae.cli.export import main, parse_args
 
 if __name__ == "__main__":
     main(parse_args())

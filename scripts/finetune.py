@@ -1,7 +1,7 @@
 """Fine-tune an MAE encoder: `accelerate launch scripts/finetune.py --model outputs/pretrain` (see --help and
-hf_mae/finetuning.py)."""
+hf_mae/cli/finetune.py)."""
 
-from hf_mae.finetuning import cli
+from hf_mae.cli.finetune import cli
 
 if __name__ == "__main__":
     cli()

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from hf_mae.allocator import keep_freed_memory
+from hf_mae.training.allocator import keep_freed_memory
 
 CHILD = """
 import resource, statistics, torch
-from hf_mae.allocator import keep_freed_memory
+from hf_mae.training.allocator import keep_freed_memory
 applied = keep_freed_memory()
 for _ in range(3):
     x = torch.ones(16 * 2**20)  # 64 MB, freed and allocated again, like a step's activations

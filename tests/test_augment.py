@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from hf_mae.augment import FILL, RandAugment, RandomErasing
-from hf_mae.data import TrainTransform
+from hf_mae.data.augment import FILL, RandAugment, RandomErasing
+from hf_mae.data.transforms import TrainTransform
 
 
 def photo(mode="RGB", size=(40, 32), seed=0) -> Image.Image:

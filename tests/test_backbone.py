@@ -7,7 +7,7 @@ from conftest import save_tiny_checkpoint, tiny_config
 from transformers import AutoBackbone, DPTConfig, DPTForDepthEstimation, UperNetConfig, UperNetForSemanticSegmentation
 
 from hf_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel
-from hf_mae.modeling_mae import AUTO_MAP
+from hf_mae.models.mae.modeling_mae import AUTO_MAP
 
 
 def test_stages_are_the_encoder_blocks_as_maps_without_cls(config):

@@ -23,12 +23,15 @@ from transformers import (
     ViTMAEForPreTraining,
 )
 
-from hf_mae import PRESETS, MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, convert_checkpoint
-from hf_mae import convert as convert_module
-from hf_mae.convert import ConversionError, export_state_dict, infer_config, load_any
-from hf_mae.convert_checkpoint import main as convert_main
-from hf_mae.convert_checkpoint import parse_args as convert_args
-from hf_mae.modeling_mae import sincos_pos_embed
+from hf_mae import PRESETS, MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+from hf_mae.cli import convert_checkpoint
+from hf_mae.cli.convert_checkpoint import main as convert_main
+from hf_mae.cli.convert_checkpoint import parse_args as convert_args
+from hf_mae.convert import vitmae as convert_module
+from hf_mae.convert.config_inference import infer_config
+from hf_mae.convert.load import export_state_dict, load_any
+from hf_mae.convert.names import ConversionError
+from hf_mae.models.mae.modeling_mae import sincos_pos_embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -517,8 +520,9 @@ def test_overwrite_never_deletes_the_input_and_a_failed_write_keeps_the_old_outp
 
 def test_fold_batchnorm_is_the_one_implementation():
     """One BatchNorm-into-Linear fold, in convert.py, used by the Hub's stock-ViT export and the ONNX wrapper."""
-    from hf_mae import export, hub
-    from hf_mae.convert import fold_batchnorm
+    from hf_mae.convert.vitmae import fold_batchnorm
+    from hf_mae.export import wrappers as export
+    from hf_mae.hub import folders as hub
 
     assert hub.fold_batchnorm is fold_batchnorm and export.fold_batchnorm is fold_batchnorm
     torch.manual_seed(0)
@@ -549,8 +553,8 @@ def test_from_transformers_goes_through_load_any(tmp_path, monkeypatch):
 
 
 def test_module_cli_runs_from_anywhere(tmp_path):
-    """`python -m hf_mae.convert_checkpoint` works outside the repository (no scripts/ folder, no sys.path edits)."""
-    result = subprocess.run([sys.executable, "-m", "hf_mae.convert_checkpoint", "--help"], cwd=tmp_path,
+    """`python -m hf_mae.cli.convert_checkpoint` works outside the repository (no scripts/, no sys.path edits)."""
+    result = subprocess.run([sys.executable, "-m", "hf_mae.cli.convert_checkpoint", "--help"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "examples:" in result.stdout and "--overwrite" in result.stdout
@@ -559,7 +563,7 @@ def test_module_cli_runs_from_anywhere(tmp_path):
 KILLED = """
 import os, signal, sys
 from pathlib import Path
-from hf_mae import convert_checkpoint as convert
+from hf_mae.cli import convert_checkpoint as convert
 
 def write_then_die(model, config, args, kind, temp):
     os.makedirs(temp, exist_ok=True)

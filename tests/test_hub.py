@@ -38,18 +38,11 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
-from hf_mae import hub as hub_module
-from hf_mae.hub import (
-    HubPushError,
-    build_encoder_folder,
-    build_upload_folders,
-    push_pretraining_outputs,
-    push_probe,
-    push_to_hub,
-    render_model_card,
-    vit_classifier_from_mae,
-)
-from hf_mae.modeling_mae import AUTO_MAP
+from hf_mae.hub import push as hub_module
+from hf_mae.hub.cards import render_model_card
+from hf_mae.hub.folders import build_encoder_folder, build_upload_folders, vit_classifier_from_mae
+from hf_mae.hub.push import HubPushError, push_pretraining_outputs, push_probe, push_to_hub
+from hf_mae.models.mae.modeling_mae import AUTO_MAP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_TESTtokenNeverLeak0123456789abcdef"
@@ -421,7 +414,7 @@ def no_backoff_sleep(monkeypatch):
 
 def run_cli(argv: list[str]) -> int:
     """`python -m hf_mae.push_to_hub ARGV` in this process; the exit status."""
-    from hf_mae import push_to_hub as cli
+    from hf_mae.cli import push_to_hub as cli
 
     return cli.main(cli.parse_args(argv))
 
@@ -561,7 +554,7 @@ def test_cli_help_dry_run_and_argument_errors(runs, tmp_path, monkeypatch, capsy
     spec = importlib.util.spec_from_file_location("push_cli", REPO_ROOT / "scripts" / "push_to_hub.py")
     shim = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shim)
-    from hf_mae import push_to_hub as cli
+    from hf_mae.cli import push_to_hub as cli
 
     assert shim.main is cli.main and shim.parse_args is cli.parse_args  # the shim only forwards
     assert len((REPO_ROOT / "scripts" / "push_to_hub.py").read_text().splitlines()) <= 12
@@ -759,7 +752,7 @@ REAL_HUB_CHILD = textwrap.dedent("""
     import sys, uuid
     from huggingface_hub import HfApi
     from transformers import AutoModel
-    from hf_mae.hub import push_to_hub
+    from hf_mae.hub.push import push_to_hub
     api = HfApi()
     repo_id = f"{api.whoami()['name']}/hf-mae-hub-test-{uuid.uuid4().hex[:8]}"
     try:
@@ -790,7 +783,7 @@ def test_card_templates_ship_as_package_data():
     """Cards render from any install (wheel, not only editable): the templates are package data."""
     import importlib.resources
 
-    from hf_mae.hub import KINDS
+    from hf_mae.hub.cards import KINDS
 
     templates = importlib.resources.files("hf_mae") / "model_cards"
     assert {f"{kind}.md" for kind in KINDS} <= {f.name for f in templates.iterdir()}

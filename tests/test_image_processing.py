@@ -5,7 +5,7 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from hf_mae import MAEConfig, MAEImageProcessor
-from hf_mae.image_processing_mae import convert_image_mode
+from hf_mae.models.mae.image_processing_mae import convert_image_mode
 
 
 def make(mode: str, size=(40, 30)) -> Image.Image:
@@ -189,7 +189,7 @@ def test_check_matches_names_both_sides():
 def test_check_works_for_any_transformers_processor():
     from transformers import ViTImageProcessor
 
-    from hf_mae.image_processing_mae import check_processor_matches
+    from hf_mae.models.mae.image_processing_mae import check_processor_matches
 
     config = MAEConfig(image_size=32, patch_size=4, hidden_size=32, num_attention_heads=2)
     check_processor_matches(ViTImageProcessor(size={"height": 32, "width": 32}), config)

@@ -9,9 +9,10 @@ import torch
 from conftest import save_tiny_checkpoint, write_two_class_folders
 
 from hf_mae import MAEModel
-from hf_mae.evaluation import ACCURACY_TOPK_PATH, knn_accuracy, knn_predict, topk_accuracy
-from hf_mae.knn_eval import main as knn_main
-from hf_mae.knn_eval import parse_args as parse_knn_args
+from hf_mae.cli.knn_eval import main as knn_main
+from hf_mae.cli.knn_eval import parse_args as parse_knn_args
+from hf_mae.evaluation.classification import ACCURACY_TOPK_PATH, topk_accuracy
+from hf_mae.evaluation.knn import knn_accuracy, knn_predict
 
 
 def test_knn_on_clusters():

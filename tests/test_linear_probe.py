@@ -11,9 +11,10 @@ from conftest import TINY, save_tiny_checkpoint, write_two_class_folders
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
-from hf_mae.convert import fold_batchnorm
-from hf_mae.evaluation import ProbeHead, load_classifier, probe_logits
-from hf_mae.linear_probe import main, parse_args
+from hf_mae.cli.linear_probe import main, parse_args
+from hf_mae.convert.vitmae import fold_batchnorm
+from hf_mae.evaluation.classifier import load_classifier
+from hf_mae.evaluation.probe import ProbeHead, probe_logits
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +39,15 @@ def probe(root: Path, out: Path, *extra: str) -> dict:
 
 def eval_batch(root: Path, processor) -> dict:
     """All held-out images through the eval transform, in the order the probe saw them."""
-    from hf_mae.data import load_image_datasets
-    from hf_mae.evaluation import eval_dataloader
+    from hf_mae.data.sources import load_image_datasets
+    from hf_mae.evaluation.features import eval_dataloader
 
     _, eval_data, _ = load_image_datasets(train_dir=str(root / "train"), eval_dir=str(root / "val"))
     return next(iter(eval_dataloader(eval_data, processor, batch_size=len(eval_data))))
 
 
 def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, monkeypatch):
-    import hf_mae.evaluation as evaluation  # the cached-features head trains there
+    import hf_mae.evaluation.probe as evaluation  # the cached-features head trains there
 
     optimizers = []
 
@@ -95,10 +96,10 @@ def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, mo
 
 
 def test_push_to_hub_calls_the_hub_module(root, tmp_path, monkeypatch):
-    import hf_mae.hub
+    import hf_mae.hub.push
 
     calls = []
-    monkeypatch.setattr(hf_mae.hub, "push_probe", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(hf_mae.hub.push, "push_probe", lambda *args, **kwargs: calls.append((args, kwargs)))
     probe(root, tmp_path / "push", "--epochs", "1", "--push_to_hub", "--hub_model_id", "me/probe", "--hub_private")
     assert calls == [((tmp_path / "push", "me/probe"), {"checkpoint": None, "private": True})]
 

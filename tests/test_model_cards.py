@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 from hf_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel
-from hf_mae.modeling_mae import is_auto_model_card
+from hf_mae.models.mae.modeling_mae import is_auto_model_card
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_test_token_cards"

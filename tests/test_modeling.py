@@ -4,8 +4,8 @@ import torch
 from conftest import tiny_config
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
-from hf_mae.image_processing_mae import normalize_patches
-from hf_mae.modeling_mae import random_masking, sincos_pos_embed
+from hf_mae.models.mae.image_processing_mae import normalize_patches
+from hf_mae.models.mae.modeling_mae import random_masking, sincos_pos_embed
 
 
 def official_sincos(dim, rows, cols):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_mae.optim import (
+from hf_mae.training.optim import (
     LARS,
     build_adamw,
     layer_id_for_vit,

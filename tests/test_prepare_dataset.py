@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY
 from PIL import Image
 
-from hf_mae import prepare_dataset as prep
-from hf_mae.data import load_image_datasets
+from hf_mae.cli import prepare_dataset as prep
+from hf_mae.data.sources import load_image_datasets
 
 
 def write_folder(root: Path) -> Path:
@@ -123,7 +123,7 @@ def test_other_settings_and_finished_copies_are_refused(source, tmp_path, monkey
 
 
 def test_pretraining_trains_on_the_prepared_copy(source, tmp_path):
-    from hf_mae.pretraining import main, parse_args
+    from hf_mae.cli.pretrain import main, parse_args
 
     prepare(source, tmp_path / "copy", "--format", "webdataset")
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))

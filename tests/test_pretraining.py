@@ -19,8 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
-from hf_mae.pretraining import build_model, main, parse_args
-from hf_mae.runner import OutputDirError
+from hf_mae.cli.pretrain import build_model, main, parse_args
+from hf_mae.training.output_dir import OutputDirError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_init_from_keeps_the_checkpoint_loss_target(data_root, tmp_path):
 
 
 def test_nonfinite_losses_stop_the_run_with_the_checkpoint_intact(data_root, tmp_path, monkeypatch):
-    from hf_mae.modeling_mae import MAEForPreTraining
+    from hf_mae.models.mae.modeling_mae import MAEForPreTraining
 
     real = MAEForPreTraining.forward_loss
     calls = {"n": 0}
@@ -220,7 +220,7 @@ def test_shipped_accelerate_configs_parse(name, kind, processes):
 
 
 def test_schedule_is_set_per_optimizer_step_under_accumulation(data_root, tmp_path):
-    from hf_mae.optim import lr_at_step
+    from hf_mae.training.optim import lr_at_step
 
     out = tmp_path / "accum"
     results = run(data_root, out, "--data_files", str(data_root / "train.parquet"), "--knn_every", "-1",
@@ -235,7 +235,7 @@ def test_schedule_is_set_per_optimizer_step_under_accumulation(data_root, tmp_pa
 
 
 def test_missing_tracker_is_a_clear_warning(capsys):
-    from hf_mae.runner import trackers_from
+    from hf_mae.training.run import trackers_from
 
     assert trackers_from("none") is None and trackers_from("all") == "all"
     assert trackers_from("surely_not_a_tracker_pkg") is None
@@ -243,7 +243,7 @@ def test_missing_tracker_is_a_clear_warning(capsys):
 
 
 def test_mask_noise_depends_on_its_seed_parts_only():
-    from hf_mae.pretraining import mask_noise
+    from hf_mae.cli.pretrain import mask_noise
 
     pixels = torch.zeros(4, 1, 8, 8)
     first = mask_noise(pixels, 16, 0, 1, 2, 0)

@@ -14,13 +14,15 @@ import torch
 from conftest import TINY, save_tiny_checkpoint, two_class_picture, write_two_class_folders
 from safetensors.torch import load_file
 
-from hf_mae import finetuning, knn_eval, linear_probe, pretraining
-from hf_mae.checkpointing import CheckpointError
-from hf_mae.data import DatasetLoadError
-from hf_mae.evaluation import ProbeHead
-from hf_mae.loop import NoDecodableImagesError, NonFiniteLossError, WarmupWarning, plan_schedule
-from hf_mae.runner import OutputDirError
-from hf_mae.train_loader import seeded_generator
+from hf_mae.cli import finetune as finetuning
+from hf_mae.cli import knn_eval, linear_probe
+from hf_mae.cli import pretrain as pretraining
+from hf_mae.data.sources import DatasetLoadError
+from hf_mae.data.train_loader import seeded_generator
+from hf_mae.evaluation.probe import ProbeHead
+from hf_mae.training.checkpointing import CheckpointError
+from hf_mae.training.loop import NoDecodableImagesError, NonFiniteLossError, WarmupWarning, plan_schedule
+from hf_mae.training.output_dir import OutputDirError
 
 PROGRAMS = {"pretrain": pretraining, "probe": linear_probe, "finetune": finetuning, "knn": knn_eval}
 
@@ -319,7 +321,7 @@ def test_warmup_as_long_as_the_run_warns_and_the_peak_lr_is_recorded(root, tmp_p
 def test_a_single_dataset_saved_to_disk_loads(root, tmp_path):
     import datasets
 
-    from hf_mae.data import load_image_datasets
+    from hf_mae.data.sources import load_image_datasets
 
     images = [two_class_picture(i % 2, i, size=16) for i in range(8)]
     datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(8)]}).save_to_disk(tmp_path / "one")

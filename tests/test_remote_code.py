@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config
 
 from hf_mae import MAEForPreTraining, MAEImageProcessor
-from hf_mae.modeling_mae import AUTO_MAP
+from hf_mae.models.mae.modeling_mae import AUTO_MAP
 
 CHILD = textwrap.dedent("""
     import sys

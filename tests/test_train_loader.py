@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mae.data import TrainTransform, make_transform_fn
-from hf_mae.train_loader import EpochSeededDataset, EpochShuffleSampler, mixed_seed, train_dataloader
+from hf_mae.data.decoding import make_transform_fn
+from hf_mae.data.train_loader import EpochSeededDataset, EpochShuffleSampler, mixed_seed, train_dataloader
+from hf_mae.data.transforms import TrainTransform
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from conftest import tiny_config
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTModel
 
 from hf_mae import MAEForPreTraining, MAEModel
-from hf_mae.convert import from_transformers, to_transformers
+from hf_mae.convert.vitmae import from_transformers, to_transformers
 
 
 def transformers_model(tmp_path, **overrides) -> ViTMAEForPreTraining:

@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mae import data as hd
-from hf_mae.augment import RandomErasing
-from hf_mae.data import DeviceNormalize, TrainTransform, collate, make_transform_fn, resize_box
-from hf_mae.train_loader import EpochSeededDataset, train_dataloader
+from hf_mae.data import transforms as hd
+from hf_mae.data.augment import RandomErasing
+from hf_mae.data.decoding import collate, make_transform_fn
+from hf_mae.data.train_loader import EpochSeededDataset, train_dataloader
+from hf_mae.data.transforms import DeviceNormalize, TrainTransform, resize_box
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -161,8 +162,8 @@ def test_pretraining_steps_see_the_normalised_batch_of_the_float_path(jpeg_datas
 
     from conftest import TINY
 
-    from hf_mae.data import load_image_datasets
-    from hf_mae.pretraining import main, parse_args
+    from hf_mae.cli.pretrain import main, parse_args
+    from hf_mae.data.sources import load_image_datasets
 
     jpeg_dataset.to_parquet(str(tmp_path / "train.parquet"))
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))

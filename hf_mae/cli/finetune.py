@@ -27,39 +27,35 @@ import argparse
 import time
 from pathlib import Path
 
-from .augment import RandAugment, RandomErasing
-from .checkpointing import save_pretrained_atomic
-from .data import TrainTransform, make_transform_fn
-from .data_args import add_data_arguments, dataloader_workers
-from .evaluation import (
+from ..data.augment import RandAugment, RandomErasing
+from ..data.decoding import make_transform_fn
+from ..data.mixup import Mixup
+from ..data.train_loader import seeded_generator, train_dataloader
+from ..data.transforms import TrainTransform
+from ..evaluation.classification import evaluate_classifier
+from ..evaluation.classifier import load_classifier, read_mae_config
+from ..evaluation.features import eval_dataloader
+from ..training.checkpointing import save_pretrained_atomic
+from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
+from ..training.optim import build_adamw, param_groups_layer_decay, scaled_lr
+from ..training.run import finish_run, print_banner, save_model_into, start_run
+from .arguments import (
+    add_data_arguments,
     add_model_arguments,
-    add_sample_arguments,
-    dataset_name,
-    eval_dataloader,
-    evaluate_classifier,
-    load_classifier,
-    prepare_data,
-    read_mae_config,
-)
-from .loop import TrainingLoop, placeholder_batch, plan_schedule
-from .mixup import Mixup
-from .optim import build_adamw, param_groups_layer_decay, scaled_lr
-from .runner import (
     add_run_arguments,
+    add_sample_arguments,
     apply_defaults,
-    finish_run,
+    dataloader_workers,
+    dataset_name,
     nonnegative_float,
     open_fraction,
     positive_float,
     positive_int,
-    print_banner,
+    prepare_data,
     run_cli,
-    save_model_into,
     scale_fraction,
-    start_run,
     unit_fraction,
 )
-from .train_loader import seeded_generator, train_dataloader
 
 # Unset flags take these values on the embedded default data (4,000 28x28 digits; timings in BENCHMARKS.md) or
 # the official ViT-B values elsewhere.

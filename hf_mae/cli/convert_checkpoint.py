@@ -1,5 +1,5 @@
 """Convert MAE / ViT checkpoints to hf_mae from the command line: `python scripts/convert_checkpoint.py` or
-`python -m hf_mae.convert_checkpoint` (the conversion itself is `hf_mae.convert.load_any`)."""
+`python -m hf_mae.cli.convert_checkpoint` (the conversion itself is `hf_mae.convert.load_any`)."""
 
 import argparse
 import json
@@ -10,15 +10,12 @@ import tempfile
 
 import torch
 
-from .configuration_mae import PRESETS
-from .convert import (
-    ConversionError,
-    export_state_dict,
-    load_any,
-    read_json_file,
-    to_transformers,
-)
-from .image_processing_mae import MAEImageProcessor
+from ..convert.files import read_json_file
+from ..convert.load import export_state_dict, load_any
+from ..convert.names import ConversionError
+from ..convert.vitmae import to_transformers
+from ..models.mae.configuration_mae import PRESETS
+from ..models.mae.image_processing_mae import MAEImageProcessor
 
 CLI_EXAMPLES = """examples:
   python scripts/convert_checkpoint.py mae_pretrain_vit_base.pth outputs/mae-vit-base    # -> hf_mae folder
@@ -188,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
         temp = temp_dir if kind == "folder" else os.path.join(temp_dir, os.path.basename(output))
         _write(model, report.config, args, kind, temp)
         if kind == "folder":  # mark it as hf_mae output (the training programs then refuse to write into it)
-            from .runner import RUN_MARKER
+            from ..training.output_dir import RUN_MARKER
 
             with open(os.path.join(temp, RUN_MARKER), "w") as handle:
                 json.dump({"program": "convert", "status": "finished", "input": os.path.abspath(args.input)},

@@ -17,7 +17,7 @@ import re
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from .data import random_box
+from .transforms import random_box
 
 MAX_MAGNITUDE = 10.0
 TRANSLATE_FRACTION = 0.45  # of the image side, at full magnitude

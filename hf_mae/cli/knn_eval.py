@@ -11,18 +11,21 @@ from __future__ import annotations
 import argparse
 import time
 
-from .data_args import add_data_arguments
-from .evaluation import (
+from ..evaluation.classifier import load_classifier, read_mae_config
+from ..evaluation.features import extract_split_features
+from ..evaluation.knn import knn_accuracy
+from ..training.run import finish_run, print_banner, start_run
+from .arguments import (
+    add_data_arguments,
     add_model_arguments,
+    add_run_arguments,
     add_sample_arguments,
     dataset_name,
-    extract_split_features,
-    knn_accuracy,
-    load_classifier,
+    positive_float,
+    positive_int,
     prepare_data,
-    read_mae_config,
+    run_cli,
 )
-from .runner import add_run_arguments, finish_run, positive_float, positive_int, print_banner, run_cli, start_run
 
 
 def build_parser() -> argparse.ArgumentParser:

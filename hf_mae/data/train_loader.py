@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import TransformFn, apply_transform, collate, prepare_columns
+from .decoding import TransformFn, apply_transform, collate, prepare_columns
 
 
 def mixed_seed(*parts: int) -> int:

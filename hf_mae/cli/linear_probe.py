@@ -37,43 +37,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import TrainTransform, make_transform_fn
-from .data_args import add_data_arguments, dataloader_workers
-from .evaluation import (
+from ..data.decoding import make_transform_fn
+from ..data.train_loader import train_dataloader
+from ..data.transforms import TrainTransform
+from ..evaluation.classifier import load_classifier, read_mae_config
+from ..evaluation.features import extract_split_features, pool_tokens
+from ..evaluation.probe import (
     PROBE_EMBEDDED_DEFAULTS,
     PROBE_PAPER_DEFAULTS,
     ProbeHead,
-    add_model_arguments,
-    add_sample_arguments,
-    dataset_name,
     evaluate_probe,
-    extract_split_features,
-    load_classifier,
     new_probe_head,
-    pool_tokens,
-    prepare_data,
-    read_mae_config,
     train_probe_head,
 )
-from .loop import TrainingLoop, placeholder_batch, plan_schedule
-from .optim import LARS, scaled_lr
-from .runner import (
+from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
+from ..training.optim import LARS, scaled_lr
+from ..training.run import finish_run, print_banner, save_model_into, start_run
+from .arguments import (
+    add_data_arguments,
+    add_model_arguments,
     add_push_arguments,
     add_run_arguments,
+    add_sample_arguments,
     apply_defaults,
     check_push_arguments,
-    finish_run,
+    dataloader_workers,
+    dataset_name,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
-    print_banner,
+    prepare_data,
     run_cli,
-    save_model_into,
     scale_fraction,
-    start_run,
 )
-from .train_loader import train_dataloader
 
 # Flags left unset take these values: sized for the embedded default data, or the official recipe.
 EMBEDDED_DEFAULTS, PAPER_DEFAULTS = PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS
@@ -251,7 +248,7 @@ def main(args: argparse.Namespace) -> dict:
                           f"{out_dir / 'results.json'}" + ("" if args.raw_pixels else
                                                            f"\n  probe (AutoModelForImageClassification): {out_dir}"))
         if args.push_to_hub:
-            from .hub import push_probe
+            from ..hub.push import push_probe
 
             source = Path(args.model)
             checkpoint = source if (source / "training_args.json").is_file() else None

@@ -39,10 +39,11 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from .checkpointing import write_json_atomic
-from .data import _DECODE_ERRORS, _open_image, convert_image_mode
-from .data_args import add_data_arguments, load_datasets_from_args
-from .runner import check_output_dir, mark_finished, positive_int, read_run_marker, run_cli, take_output_dir
+from ..data.decoding import _DECODE_ERRORS, _open_image
+from ..models.mae.image_processing_mae import convert_image_mode
+from ..training.checkpointing import write_json_atomic
+from ..training.output_dir import check_output_dir, mark_finished, read_run_marker, take_output_dir
+from .arguments import add_data_arguments, load_datasets_from_args, positive_int, run_cli
 
 PROGRAM = "prepare_dataset"
 _EXTENSION = {"jpeg": "jpg", "png": "png"}

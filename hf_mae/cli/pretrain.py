@@ -25,43 +25,38 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import count_nonfinite, save_pretrained_atomic
-from .configuration_mae import PRESETS, MAEConfig
-from .data import TrainTransform, make_transform_fn
-from .data_args import add_data_arguments, dataloader_workers, load_datasets_from_args
-from .evaluation import (
-    PROBE_EMBEDDED_DEFAULTS,
-    PROBE_PAPER_DEFAULTS,
-    eval_dataloader,
-    extract_pooled_features,
-    fit_and_score_probe,
-    knn_accuracy,
-)
-from .image_processing_mae import MAEImageProcessor
-from .loop import TrainingLoop, placeholder_batch, plan_schedule
-from .modeling_mae import MAEForPreTraining
-from .optim import build_adamw, param_groups_weight_decay, scaled_lr
-from .runner import (
+from ..data.decoding import make_transform_fn
+from ..data.train_loader import seeded_generator, train_dataloader
+from ..data.transforms import TrainTransform
+from ..evaluation.features import eval_dataloader, extract_pooled_features
+from ..evaluation.knn import knn_accuracy
+from ..evaluation.probe import PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS, fit_and_score_probe
+from ..models.mae.configuration_mae import PRESETS, MAEConfig
+from ..models.mae.image_processing_mae import MAEImageProcessor
+from ..models.mae.modeling_mae import MAEForPreTraining
+from ..training.checkpointing import count_nonfinite, save_pretrained_atomic
+from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
+from ..training.optim import build_adamw, param_groups_weight_decay, scaled_lr
+from ..training.run import finish_run, print_banner, save_model_into, start_run
+from ..visualization import loss_curve, reconstruction_grid
+from .arguments import (
+    add_data_arguments,
     add_push_arguments,
     add_run_arguments,
     apply_defaults,
     check_push_arguments,
-    finish_run,
+    dataloader_workers,
     is_embedded,
+    load_datasets_from_args,
     nonnegative_float,
     nonnegative_int,
     open_fraction,
     positive_float,
     positive_int,
-    print_banner,
     run_cli,
-    save_model_into,
     scale_fraction,
-    start_run,
     unit_fraction,
 )
-from .train_loader import seeded_generator, train_dataloader
-from .visualization import loss_curve, reconstruction_grid
 
 # What the embedded default run uses when a flag is left unset, chosen by the recipe sweep on validation folds
 # of the training digits (README "Results on the embedded data"): batch 64 doubles the steps of batch 128 at
@@ -410,7 +405,7 @@ def print_summary(accelerator, results: dict, out_dir: Path) -> None:
 
 
 def push(out_dir: Path, args) -> None:
-    from .hub import HubPushError, push_pretraining_outputs
+    from ..hub.push import HubPushError, push_pretraining_outputs
 
     try:
         push_pretraining_outputs(out_dir, args.hub_model_id, private=args.hub_private)

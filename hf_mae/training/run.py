@@ -1,0 +1,133 @@
+"""Run start-up: the Accelerator and its CPU threads, the run log and trackers, the banner, staged saves."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpointing import save_pretrained_atomic, write_json_atomic
+from .output_dir import check_output_dir, mark_finished, take_output_dir
+
+# --------------------------------------------------------------------------------------------------------
+# Accelerator, run log, trackers, banner
+# --------------------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Append-only JSONL log on the main process, plus the Accelerate trackers."""
+
+    def __init__(self, accelerator, path: Path):
+        self.accelerator, self.path = accelerator, path
+
+    def write(self, record: dict, step: int | None = None) -> None:
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if step is not None and numeric:
+            self.accelerator.log(numeric, step=step)
+
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
+                   "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def trackers_from(report_to: str | None) -> list[str] | str | None:
+    """`--report_to` as Accelerate's `log_with`: trackers whose package is missing are warned about and dropped."""
+    if report_to in ("none", "", None):
+        return None
+    if report_to == "all":
+        return "all"
+    available = []
+    for tracker in (t.strip() for t in report_to.split(",") if t.strip()):
+        module = TRACKER_MODULES.get(tracker, tracker)
+        if tracker == "tensorboard" and importlib.util.find_spec("tensorboardX"):
+            available.append(tracker)
+        elif importlib.util.find_spec(module) is None:
+            print(f"WARNING: --report_to {tracker}: the package '{module}' is not installed; "
+                  f"logging to log.jsonl only (pip install {module})", file=sys.stderr)
+        else:
+            available.append(tracker)
+    return available or None
+
+
+def cpu_threads_per_process(args, accelerator) -> int:
+    """`--cpu_threads`, else the cores this process may use shared among the local processes.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 on machines without a GPU (one physical core per process
+    by its count), which halves the speed of a 2-core machine; set the thread count from the cores instead.
+    """
+    if getattr(args, "cpu_threads", None):
+        return args.cpu_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    return max(1, cores // max(1, local))
+
+
+def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int = 1, save_args: bool = False):
+    """Claim the output folder, build the Accelerator (mixed precision resolved, CPU threads set), seed, and
+    open the run log (fresh unless resuming); `save_args` writes training_args.json (what a training run's
+    model card reads). Returns (accelerator, run_log, out_dir)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    from .allocator import keep_freed_memory
+    from .precision import resolve_mixed_precision
+
+    resume = bool(getattr(args, "resume_from_checkpoint", None))
+    out = check_output_dir(args.output_dir, program, overwrite=args.overwrite_output_dir, resume=resume,
+                           inputs=inputs)
+    log_with = trackers_from(getattr(args, "report_to", None))
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision),
+                              gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
+                              project_dir=str(out),  # pinned batches are copied to a GPU without waiting:
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    set_seed(args.seed)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cpu_threads_per_process(args, accelerator))
+        keep_freed_memory()  # no page faults to reallocate each step's activations
+    accelerator.wait_for_everyone()  # every process has checked the folder before one writes into it
+    if accelerator.is_main_process:
+        take_output_dir(out, program, overwrite=args.overwrite_output_dir)
+        if not resume:
+            (out / "log.jsonl").unlink(missing_ok=True)
+        if save_args:
+            write_json_atomic(out / "training_args.json", vars(args))
+        if accelerator.log_with:
+            accelerator.init_trackers("hf_mae_" + re.sub(r"\W+", "_", program).lower(),
+                                      config={k: v for k, v in vars(args).items()
+                                              if isinstance(v, (int, float, str, bool))})
+    accelerator.wait_for_everyone()
+    return accelerator, RunLog(accelerator, out / "log.jsonl"), out
+
+
+def print_banner(accelerator, run_log: RunLog, title: str, banner: dict) -> None:
+    """The run's settings, printed once and written as the log's "start" record."""
+    width = max(len(k) for k in banner) + 2
+    accelerator.print(f"hf_mae {title}\n" + "\n".join(f"  {k:>{width}}: {v}" for k, v in banner.items()))
+    run_log.write({"event": "start", **banner})
+
+
+def finish_run(accelerator, out_dir: Path, results: dict) -> None:
+    """Write results.json and mark the folder finished (main process), then close the trackers."""
+    if accelerator.is_main_process:
+        write_json_atomic(out_dir / "results.json", results)
+        mark_finished(out_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def save_model_into(folder: Path, model, processor) -> None:
+    """`save_pretrained` model + processor into `folder` without touching its other files: staged beside, then
+    one rename per file (each file is either complete-new or complete-old)."""
+    staging = Path(folder) / ".model_staging"
+    save_pretrained_atomic(model, processor, staging)
+    for item in staging.iterdir():
+        os.replace(item, Path(folder) / item.name)
+    staging.rmdir()
