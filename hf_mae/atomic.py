@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -45,11 +45,19 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _sync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            _fsync(path)
+    _fsync(folder)
+
+
 def move_into_place(staged, target) -> None:
-    """Rename the complete `staged` file or folder to `target`. A target that one rename cannot replace (a
-    non-empty folder, or a file where a folder goes) is set aside first, put back if the rename fails, and
-    removed once the new one is in place."""
+    """Flush the complete `staged` file or folder to disk and rename it to `target`. A target that one rename
+    cannot replace (a non-empty folder, or a file where a folder goes) is set aside first, put back if the
+    rename fails, and removed once the new one is in place."""
     staged, target = Path(staged), Path(target)
+    _sync_tree(staged) if staged.is_dir() else _fsync(staged)
     aside = None
     if os.path.lexists(target) and (target.is_dir() != staged.is_dir() or (target.is_dir()
                                                                            and any(target.iterdir()))):
@@ -82,7 +90,6 @@ def atomic_path(path) -> Iterator[Path]:
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        _fsync(tmp)
         move_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -105,29 +112,21 @@ def write_json(path, data, *, sort_keys: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
-def _sync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            _fsync(path)
-    _fsync(folder)
-
-
 @contextlib.contextmanager
-def replace_folder(folder, *, keep_existing: bool = False) -> Iterator[Path]:
+def replace_folder(folder, *, keep_if: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `folder` to fill; when the block succeeds it replaces `folder`
     whole (see `move_into_place`), when it fails it is removed and `folder` is untouched.
 
-    `keep_existing=True`: if `folder` exists by then (another process built it meanwhile), it is kept and the
-    staged copy discarded."""
+    `keep_if`: when it holds for `folder` by then (e.g. another process built it meanwhile), that folder is
+    kept and the staged copy discarded."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         os.chmod(staging, _umask_mode(0o777))  # mkdtemp's 0700 would stay on the folder
         yield staging
-        if keep_existing and folder.exists():
+        if keep_if is not None and keep_if(folder):
             return
-        _sync_tree(staging)
         move_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -153,7 +152,6 @@ def save_pretrained_into(folder, *objects) -> Path:
         for obj in objects:
             if obj is not None:
                 obj.save_pretrained(staging)
-        _sync_tree(staging)
         for item in sorted(staging.iterdir()):
             move_into_place(item, folder / item.name)
     finally:

@@ -97,12 +97,18 @@ def test_a_failing_folder_replace_keeps_the_old_folder_and_no_staging(tmp_path):
     assert (target / "data.arrow").read_text() == "old" and hidden(tmp_path) == []
 
 
-def test_replace_folder_keep_existing_discards_the_later_copy(tmp_path):
+def test_replace_folder_keep_if_keeps_a_complete_copy_another_process_made(tmp_path):
     target = tmp_path / "cache"
-    with atomic.replace_folder(target, keep_existing=True) as staging:
+
+    def complete(folder):
+        return (folder / "data").is_file()
+
+    (target / "partial").mkdir(parents=True)  # an incomplete copy is replaced
+    with atomic.replace_folder(target, keep_if=complete) as staging:
         (staging / "data").write_text("first")
-        with atomic.replace_folder(target, keep_existing=True) as other:  # another process, finishing first
+        with atomic.replace_folder(target, keep_if=complete) as other:  # another process, finishing first
             (other / "data").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["data"]
     assert (target / "data").read_text() == "second" and hidden(tmp_path) == []
 
 

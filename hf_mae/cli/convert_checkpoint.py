@@ -4,18 +4,18 @@
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
 
+from ..atomic import atomic_path, replace_folder, write_json
 from ..convert.files import read_json_file
 from ..convert.load import export_state_dict, load_any
 from ..convert.names import ConversionError
 from ..convert.vitmae import to_transformers
 from ..models.mae.configuration_mae import PRESETS
 from ..models.mae.image_processing_mae import MAEImageProcessor
+from ..training.output_dir import RUN_MARKER
 
 CLI_EXAMPLES = """examples:
   python scripts/convert_checkpoint.py mae_pretrain_vit_base.pth outputs/mae-vit-base    # -> hf_mae folder
@@ -140,27 +140,6 @@ def _write(model, config, args, kind: str, temp: str) -> None:
             torch.save({"model": state} if args.to == "official" else state, temp)
 
 
-def _move_into_place(temp: str, output: str) -> None:
-    """os.replace, after setting aside an existing output (only reachable with --overwrite)."""
-    old = None
-    if os.path.lexists(output) and (not os.path.isdir(output) or os.listdir(output)
-                                    or os.path.isdir(temp) != os.path.isdir(output)):
-        old = f"{output}.old-{os.getpid()}"
-        os.replace(output, old)
-    try:
-        os.replace(temp, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is None:
-        return
-    if os.path.isdir(old) and not os.path.islink(old):
-        shutil.rmtree(old)
-    else:
-        os.remove(old)
-
-
 def main(args: argparse.Namespace) -> int:
     """Convert `args.input` to `args.output`; returns the exit status (0 done, 1 refused or failed)."""
     try:
@@ -170,33 +149,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.format(max_keys=None if args.verbose else 8))
-    output = os.path.abspath(args.output)
-    parent = os.path.dirname(output)
     try:
-        os.makedirs(parent, exist_ok=True)
-        temp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+        if kind == "folder":
+            with replace_folder(args.output) as temp:
+                _write(model, report.config, args, kind, str(temp))
+                # marked as hf_mae output: the training programs then refuse to write into it
+                write_json(temp / RUN_MARKER, {"program": "convert", "status": "finished",
+                                               "input": os.path.abspath(args.input)})
+        else:
+            with atomic_path(args.output) as temp:
+                _write(model, report.config, args, kind, str(temp))
     except OSError as error:
         print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 1
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would stay on the output folder
-    try:
-        temp = temp_dir if kind == "folder" else os.path.join(temp_dir, os.path.basename(output))
-        _write(model, report.config, args, kind, temp)
-        if kind == "folder":  # mark it as hf_mae output (the training programs then refuse to write into it)
-            from ..training.output_dir import RUN_MARKER
-
-            with open(os.path.join(temp, RUN_MARKER), "w") as handle:
-                json.dump({"program": "convert", "status": "finished", "input": os.path.abspath(args.input)},
-                          handle, indent=2)
-            _move_into_place(temp_dir, output)
-            temp_dir = None
-        else:
-            _move_into_place(temp, output)
-    finally:
-        if temp_dir is not None and os.path.isdir(temp_dir):
-            shutil.rmtree(temp_dir)
     what = report.model_class
     if args.to == "timm" and what == "MAEForPreTraining":
         what = "encoder only: the timm layout has no decoder"

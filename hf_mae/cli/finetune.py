@@ -27,6 +27,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..atomic import save_pretrained, save_pretrained_into
 from ..data.augment import RandAugment, RandomErasing
 from ..data.decoding import make_transform_fn
 from ..data.mixup import Mixup
@@ -35,10 +36,9 @@ from ..data.transforms import TrainTransform
 from ..evaluation.classification import evaluate_classifier
 from ..evaluation.classifier import load_classifier, read_mae_config
 from ..evaluation.features import eval_dataloader
-from ..training.checkpointing import save_pretrained_atomic
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import build_adamw, param_groups_layer_decay, scaled_lr
-from ..training.run import finish_run, print_banner, save_model_into, start_run
+from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
     add_data_arguments,
     add_model_arguments,
@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> dict:
         if improved:
             best = {"top1": metrics["top1"], "top5": metrics["top5"], "epoch": epoch_done}
             if accelerator.is_main_process:
-                save_pretrained_atomic(unwrapped, processor, out_dir / "best")
+                save_pretrained(out_dir / "best", unwrapped, processor)
         accelerator.wait_for_everyone()
         loss_text = "non-finite" if train_loss is None else f"{train_loss:.4f}"
         accelerator.print(f"epoch {epoch_done}/{args.epochs}: train loss {loss_text}, held-out top-1 "
@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> dict:
         "history": history, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
     }
     if accelerator.is_main_process:
-        save_model_into(out_dir, unwrapped, processor)
+        save_pretrained_into(out_dir, unwrapped, processor)
     finish_run(accelerator, out_dir, results)
     if accelerator.is_main_process:
         print_summary(accelerator, args, results, best, out_dir)

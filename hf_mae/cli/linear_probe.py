@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import save_pretrained_into
 from ..data.decoding import make_transform_fn
 from ..data.train_loader import train_dataloader
 from ..data.transforms import TrainTransform
@@ -52,7 +53,7 @@ from ..evaluation.probe import (
 )
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import LARS, scaled_lr
-from ..training.run import finish_run, print_banner, save_model_into, start_run
+from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
     add_data_arguments,
     add_model_arguments,
@@ -238,7 +239,7 @@ def main(args: argparse.Namespace) -> dict:
         **timings, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
     }
     if accelerator.is_main_process and not args.raw_pixels:
-        save_model_into(out_dir, model, processor)
+        save_pretrained_into(out_dir, model, processor)
     finish_run(accelerator, out_dir, results)
     if accelerator.is_main_process:
         what = "raw pixels" if args.raw_pixels else f"{results['features']} {args.pooling} features"

@@ -39,9 +39,9 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
+from ..atomic import atomic_path, write_json
 from ..data.decoding import _DECODE_ERRORS, _open_image
 from ..models.mae.image_processing_mae import convert_image_mode
-from ..training.checkpointing import write_json_atomic
 from ..training.output_dir import check_output_dir, mark_finished, read_run_marker, take_output_dir
 from .arguments import add_data_arguments, load_datasets_from_args, positive_int, run_cli
 
@@ -141,28 +141,25 @@ def write_shard(split: str, start: int, stop: int, path: str, fmt: str, shorter_
             data = buffer.getvalue()
         counts[what] += 1
         images.append(data)
-    tmp = Path(path).with_name("." + Path(path).name + ".tmp")
-    if fmt == "parquet":
-        features = datasets.Features({"image": datasets.Image(), **(
-            {"label": dataset.features["label"]} if labels is not None else {})})
-        columns = {"image": [{"bytes": b, "path": None} for b in images]}
-        if labels is not None:
-            columns["label"] = labels
-        datasets.Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
-    else:
-        with tarfile.open(tmp, "w") as tar:
-            for offset, data in enumerate(images):
-                key = f"{split}_{start + offset:09d}"
-                members = [(f"{key}.{wds_ext}", data)]
-                if labels is not None:
-                    members.append((f"{key}.cls", str(int(labels[offset])).encode()))
-                for name, payload in members:
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # complete or absent: never half a shard under its final name
+    with atomic_path(path) as tmp:  # complete or absent: never half a shard under its final name
+        if fmt == "parquet":
+            features = datasets.Features({"image": datasets.Image(), **(
+                {"label": dataset.features["label"]} if labels is not None else {})})
+            columns = {"image": [{"bytes": b, "path": None} for b in images]}
+            if labels is not None:
+                columns["label"] = labels
+            datasets.Dataset.from_dict(columns, features=features).to_parquet(str(tmp))
+        else:
+            with tarfile.open(tmp, "w") as tar:
+                for offset, data in enumerate(images):
+                    key = f"{split}_{start + offset:09d}"
+                    members = [(f"{key}.{wds_ext}", data)]
+                    if labels is not None:
+                        members.append((f"{key}.cls", str(int(labels[offset])).encode()))
+                    for name, payload in members:
+                        info = tarfile.TarInfo(name)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
     return {**counts, "images": stop - start}
 
 
@@ -235,7 +232,7 @@ def main(args: argparse.Namespace) -> dict:
         for stale in (out / "data", out / SETTINGS):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     take_output_dir(out, PROGRAM, overwrite=args.overwrite_output_dir)
-    write_json_atomic(out / SETTINGS, {"settings": settings, "status": "running"})
+    write_json(out / SETTINGS, {"settings": settings, "status": "running"})
     (out / "data").mkdir(exist_ok=True)
 
     wds_ext = "png" if _first_format(train, args) == "png" else "jpg"  # the format most images will have
@@ -276,7 +273,7 @@ def main(args: argparse.Namespace) -> dict:
     label = train.features.get("label") if train.features else None
     (out / "README.md").write_text(dataset_card(list(splits), args.format, label, wds_ext, settings))
     record = {"settings": settings, "status": "finished", "this_run": counts, "resumed_after_images": done_images}
-    write_json_atomic(out / SETTINGS, record)
+    write_json(out / SETTINGS, record)
     mark_finished(out)
     print(f"prepared copy in {out}: {total} images ({counts['resized']} resized, {counts['kept']} kept as they "
           f"were in this run; {done_images} from an earlier run). Train on it with --dataset_name {out}")

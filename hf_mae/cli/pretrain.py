@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import save_pretrained, save_pretrained_into
 from ..data.decoding import make_transform_fn
 from ..data.train_loader import seeded_generator, train_dataloader
 from ..data.transforms import TrainTransform
@@ -34,10 +35,10 @@ from ..evaluation.probe import PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS, fi
 from ..models.mae.configuration_mae import PRESETS, MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForPreTraining
-from ..training.checkpointing import count_nonfinite, save_pretrained_atomic
+from ..training.checkpointing import count_nonfinite
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import build_adamw, param_groups_weight_decay, scaled_lr
-from ..training.run import finish_run, print_banner, save_model_into, start_run
+from ..training.run import finish_run, print_banner, start_run
 from ..visualization import loss_curve, reconstruction_grid
 from .arguments import (
     add_data_arguments,
@@ -378,8 +379,8 @@ def save_outputs(model, processor, monitor: Monitor, out_dir: Path) -> None:
     if bad:
         raise ValueError(f"not saving the final model: {bad} weight tensors are not finite (the checkpoints in "
                          f"{out_dir / 'checkpoints'} hold the last finite state)")
-    save_model_into(out_dir, model, processor)
-    save_pretrained_atomic(model.encoder, processor, out_dir / "encoder")
+    save_pretrained_into(out_dir, model, processor)
+    save_pretrained(out_dir / "encoder", model.encoder, processor)
     monitor.final_pictures(model, out_dir)
     loss_curve(out_dir / "log.jsonl", out_dir / "loss_curve.png")
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..hub.folders import FORMATS
+from ..hub.folders import UPLOAD_FORMATS
 from ..hub.http import (
     ATTEMPTS_ENV,
     CONNECT_TIMEOUT,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe_repo", default=None,
                         help="repo id for the linear probe (AutoModelForImageClassification); needs "
                              "--probe")
-    parser.add_argument("--format", choices=FORMATS, default="hf_mae",
+    parser.add_argument("--format", choices=UPLOAD_FORMATS, default="hf_mae",
                         help="hf_mae: hf_mae classes with their code (trust_remote_code=True, hf_mae not "
                              "needed); vit: stock transformers ViTModel / ViTForImageClassification "
                              "(BatchNorm folded into the head; CLS-pooled probes only), no remote code. "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,15 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .spec import DEFAULT_ATOL, DEFAULT_OPSET, FILE_NAMES, FORMATS, INPUT_NAME, require
-
-try:  # the opsets torch writes (checked at parse time)
-    from torch.onnx import _constants as _onnx_constants
-except ImportError:
-    _onnx_constants = None
-from .formats import atomic_file, export_onnx, export_program, export_torchscript, quantize_int8
+from ..atomic import save_pretrained_into, write_json
+from .formats import export_onnx, export_program, export_torchscript, quantize_int8
 from .parity import check_export
-from .wrappers import ClassifierForExport, _config_of, wrap_for_export
+from .spec import DEFAULT_ATOL, DEFAULT_OPSET, FILE_NAMES, FORMATS, INPUT_NAME, require
+from .wrappers import ClassifierForExport, wrap_for_export, wrapped_config
 
 # --------------------------------------------------------------------------------------------------------
 # One call for everything: the CLI's core
@@ -45,7 +39,7 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
         if check or "int8" in formats:
             require("onnxruntime", "checking ONNX exports" if check else "int8 quantization")
     module = wrap_for_export(model)
-    config = _config_of(module)
+    config = wrapped_config(module)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     height, width = config.image_hw
@@ -90,19 +84,6 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
                 entry["check"].update(atol=atol, rtol=rtol)
         info["files"][fmt] = entry
     if processor is not None:
-        _save_processor(processor, output_dir)
-    with atomic_file(output_dir / "export_info.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        save_pretrained_into(output_dir, processor)
+    write_json(output_dir / "export_info.json", info)
     return info
-
-
-def _save_processor(processor, output_dir: Path) -> None:
-    """`processor.save_pretrained(output_dir)`, each file moved into place whole."""
-    staging = output_dir / ".processor.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        processor.save_pretrained(staging)
-        for file in staging.iterdir():
-            os.replace(file, output_dir / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

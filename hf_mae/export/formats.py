@@ -12,29 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from .spec import DEFAULT_OPSET, INPUT_NAME, require
-
-try:  # the opsets torch writes (checked at parse time)
-    from torch.onnx import _constants as _onnx_constants
-except ImportError:
-    _onnx_constants = None
-from .wrappers import _config_of, example_input, wrap_for_export
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Yield a temporary name beside `path` (`.NAME.tmp`) to write to; when the block succeeds the file replaces
-    `path` in one `os.replace`, when it fails the temporary file is removed. A kill leaves at most the
-    temporary file, never a half-written `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
+from .wrappers import example_input, wrap_for_export, wrapped_config
 
 # --------------------------------------------------------------------------------------------------------
 # Exporters
@@ -64,8 +44,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset_version: int
     module = wrap_for_export(model)
     names = list(module.output_names)
     path = Path(path)
-    example = example_input(_config_of(module))
-    with torch.no_grad(), atomic_file(path) as tmp:
+    example = example_input(wrapped_config(module))
+    with torch.no_grad(), atomic_path(path) as tmp:
         if exporter == "legacy":
             dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
             with _quiet_tracing():
@@ -105,7 +85,7 @@ def quantize_int8(onnx_path: str | os.PathLike, path: str | os.PathLike, *, per_
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" notice: shape inference gains nothing here
     try:
-        with atomic_file(path) as tmp:
+        with atomic_path(path) as tmp:
             quantize_dynamic(str(onnx_path), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
                              per_channel=per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              extra_options={"MatMulConstBOnly": True})
@@ -120,8 +100,8 @@ def export_program(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
-        program = torch.export.export(module, (example_input(_config_of(module)),), dynamic_shapes=({0: batch},))
-    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a file object: no warning about the suffix
+        program = torch.export.export(module, (example_input(wrapped_config(module)),), dynamic_shapes=({0: batch},))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: no warning about the suffix
         torch.export.save(program, handle)
     return path
 
@@ -131,7 +111,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
     module = wrap_for_export(model)
     path = Path(path)
     with torch.no_grad(), _quiet_tracing():
-        traced = torch.jit.trace(module, example_input(_config_of(module)))
-    with atomic_file(path) as tmp:
+        traced = torch.jit.trace(module, example_input(wrapped_config(module)))
+    with atomic_path(path) as tmp:
         traced.save(str(tmp))
     return path

@@ -13,12 +13,7 @@ from torch import nn
 
 from ..models.mae.configuration_mae import MAEConfig
 from .spec import DEFAULT_ATOL, INPUT_NAME, ExportParityError, require
-
-try:  # the opsets torch writes (checked at parse time)
-    from torch.onnx import _constants as _onnx_constants
-except ImportError:
-    _onnx_constants = None
-from .wrappers import ClassifierForExport, _config_of, example_input, wrap_for_export
+from .wrappers import ClassifierForExport, example_input, wrap_for_export, wrapped_config
 
 # --------------------------------------------------------------------------------------------------------
 # Running and checking exported files
@@ -132,7 +127,7 @@ def check_export(model: nn.Module, path: str | os.PathLike, processor=None, *, a
     `ExportParityError` unless every output element is within `atol + rtol * |reference|` (atol None: report
     only)."""
     module = wrap_for_export(model)
-    config = _config_of(module)
+    config = wrapped_config(module)
     run = load_exported(path)
     batches = {"random_batch1": example_input(config, 1, seed=1), "random_batch3": example_input(config, 3, seed=2)}
     real_note = None

@@ -13,11 +13,6 @@ from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
 from .spec import CLASSIFIER_OUTPUTS, ENCODER_OUTPUTS, PretrainingModelError
 
-try:  # the opsets torch writes (checked at parse time)
-    from torch.onnx import _constants as _onnx_constants
-except ImportError:
-    _onnx_constants = None
-
 # --------------------------------------------------------------------------------------------------------
 # What is exported: deterministic wrappers
 # --------------------------------------------------------------------------------------------------------
@@ -98,7 +93,7 @@ def wrap_for_export(model: nn.Module) -> nn.Module:
                     f"{type(model).__name__}")
 
 
-def _config_of(module: nn.Module) -> MAEConfig:
+def wrapped_config(module: nn.Module) -> MAEConfig:
     wrapped = wrap_for_export(module)
     inner = wrapped.encoder if isinstance(wrapped, EncoderForExport) else wrapped.classifier
     return inner.config

@@ -7,38 +7,16 @@ readable, finite); `latest` falls back to the newest intact one and says which i
 """
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from ..atomic import move_into_place, temporary_sibling, write_json
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"
-
-
-def write_json_atomic(path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def save_pretrained_atomic(model, processor, folder) -> None:
-    """`save_pretrained` model + processor into `folder`, replacing it only once the new one is complete."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if processor is not None:
-        processor.save_pretrained(tmp)
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(checkpoints_dir) -> list[Path]:
@@ -118,7 +96,8 @@ def save_checkpoint(accelerator, model, processor, checkpoints_dir, step: int, s
         raise CheckpointError(f"not writing checkpoint-{step}: {int(bad)} weight or optimizer tensors are not "
                               "finite")
     root = Path(checkpoints_dir)
-    final, tmp = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
+    final = root / f"checkpoint-{step}"
+    tmp = temporary_sibling(final)  # one name for every process: each writes its own part of the state
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,9 +108,8 @@ def save_checkpoint(accelerator, model, processor, checkpoints_dir, step: int, s
         if hasattr(pretrained, "save_pretrained"):
             pretrained.save_pretrained(tmp / "model")
             processor.save_pretrained(tmp / "model")
-        write_json_atomic(tmp / STATE_FILE, state)  # written last: its presence marks a complete checkpoint
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        write_json(tmp / STATE_FILE, state)  # written last: its presence marks a complete checkpoint
+        move_into_place(tmp, final)
         if total_limit:
             for old in list_checkpoints(root)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -185,5 +163,4 @@ def resume_from(accelerator, spec: str, checkpoints_dir) -> tuple[Path | None, d
 
 
 __all__ = ["CheckpointError", "checkpoint_problem", "count_nonfinite", "list_checkpoints", "load_checkpoint_state",
-           "newest_intact_checkpoint", "resolve_checkpoint", "resume_from", "save_checkpoint",
-           "save_pretrained_atomic", "write_json_atomic"]
+           "newest_intact_checkpoint", "resolve_checkpoint", "resume_from", "save_checkpoint"]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import shlex
 import shutil
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpointing import write_json_atomic
+from ..atomic import write_json
 
 RUN_MARKER = "hf_mae_run.json"
 
@@ -20,9 +23,9 @@ RUN_MARKER = "hf_mae_run.json"
 # in the folder is touched) and, without a marker, the names that show a folder already holds outputs.
 OWNED_NAMES = ("checkpoints", RUN_MARKER, "log.jsonl", "results.json", "training_args.json", "config.json",
                "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json", "configuration_mae.py",
-               "modeling_mae.py", "image_processing_mae.py", "encoder", "best", "reconstructions", "*.png",
-               "features.pt", "README.md", "model.onnx", "model_int8.onnx", "model.pt2", "model.pt",
-               "export_info.json", "export_report.json", ".model_staging", ".*.tmp")
+               "modeling_mae.py", "image_processing_mae.py", "card_mae.py", "encoder", "best", "reconstructions",
+               "*.png", "features.pt", "README.md", "model.onnx", "model_int8.onnx", "model.pt2", "model.pt",
+               "export_info.json", "export_report.json", ".*.tmp")
 
 
 class OutputDirError(ValueError):
@@ -68,45 +71,105 @@ def _still_running(marker: dict) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What `check_output_dir` decides on: the folder as found and what the run asks for."""
+
+    out: Path
+    program: str
+    overwrite: bool
+    resume: bool
+    resumable: bool
+    inputs: tuple
+
+    @functools.cached_property
+    def reads_from_it(self) -> str | None:
+        """An input that writing the folder would replace (the folder itself, or inside it when overwriting)."""
+        resolved = self.out.resolve()
+        for source in self.inputs:
+            if source and os.path.exists(source) and _same_or_inside(Path(source).resolve(), resolved) and (
+                    self.overwrite or Path(source).resolve() == resolved):
+                return str(source)
+        return None
+
+    @functools.cached_property
+    def marker(self) -> dict | None:
+        return read_run_marker(self.out)
+
+    @functools.cached_property
+    def owned(self) -> list[str]:
+        return sorted(p.name for p in _owned_entries(self.out))
+
+    @property
+    def owner(self) -> str | None:
+        return (self.marker or {}).get("program")
+
+    @property
+    def own_run(self) -> bool:
+        return self.owner == self.program
+
+    @property
+    def status(self) -> str | None:
+        return (self.marker or {}).get("status")
+
+    @property
+    def has_checkpoints(self) -> bool:
+        return (self.out / "checkpoints").is_dir()
+
+
+def _reads_input(r: _Request) -> str:
+    return (f"--output_dir {r.out} is where this run reads its input ({r.reads_from_it}): writing there would "
+            "replace what is being read. Pass another --output_dir.")
+
+
+def _not_a_folder(r: _Request) -> str:
+    return f"--output_dir {r.out} exists and is not a folder. Pass another --output_dir."
+
+
+def _still_being_written(r: _Request) -> str:
+    return (f"{r.out} is being written by a {r.owner} run that is still going (process "
+            f"{r.marker.get('pid')}). Wait for it, stop it, or pass another --output_dir.")
+
+
+def _interrupted(r: _Request) -> str:
+    return (f"{r.out} holds an interrupted {r.program} run. Resume it:\n  {_resume_command()}\nor start over "
+            "with --overwrite_output_dir (its checkpoints and logs are removed), or pass another --output_dir.")
+
+
+def _already_holds(r: _Request) -> str:
+    what = (f"a finished {r.owner} run" if r.own_run else f"the outputs of {r.owner}" if r.owner else
+            f"outputs ({', '.join(r.owned[:4])})")
+    hint = " (or --resume_from_checkpoint latest to continue it)" if r.own_run and r.resumable else ""
+    return (f"{r.out} already holds {what}. Pass another --output_dir, or --overwrite_output_dir to replace "
+            f"them{hint}.")
+
+
+# The first rule whose condition holds decides: None accepts the folder, a function words the refusal.
+_OUTPUT_DIR_RULES: tuple[tuple[Callable[[_Request], bool], Callable[[_Request], str] | None], ...] = (
+    (lambda r: r.reads_from_it is not None, _reads_input),
+    (lambda r: r.out.exists() and not r.out.is_dir(), _not_a_folder),
+    (lambda r: not r.out.exists() or r.overwrite, None),
+    (lambda r: r.marker is None and not r.owned, None),  # empty, or only files of the user's own
+    (lambda r: r.status == "running" and _still_running(r.marker), _still_being_written),
+    # resumed, or a run that stopped before writing anything to resume from
+    (lambda r: r.own_run and r.status == "running" and (r.resume or not r.has_checkpoints), None),
+    (lambda r: r.own_run and r.status == "running", _interrupted),
+    (lambda r: r.own_run and r.status == "finished" and r.resume and r.has_checkpoints, None),  # more epochs
+    (lambda r: r.marker is None and r.resume and r.has_checkpoints, None),  # checkpoints in an unmarked folder
+    (lambda r: True, _already_holds),
+)
+
+
 def check_output_dir(path, program: str, *, overwrite: bool = False, resume: bool = False, inputs=(),
                      resumable: bool = True) -> Path:
-    """Refuse (OutputDirError, before any work) an output folder this run must not write into; see the
-    module docstring for the rules (`resumable=False`: the program has no checkpoints to resume from, e.g.
-    export). Reads only: safe on every process."""
-    out = Path(path)
-    resolved = out.resolve()
-    for source in inputs:
-        if source and os.path.exists(source) and _same_or_inside(Path(source).resolve(), resolved) and (
-                overwrite or Path(source).resolve() == resolved):
-            raise OutputDirError(f"--output_dir {out} is where this run reads its input ({source}): writing there "
-                                 "would replace what is being read. Pass another --output_dir.")
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"--output_dir {out} exists and is not a folder. Pass another --output_dir.")
-    if not out.exists() or overwrite:
-        return out
-    marker = read_run_marker(out)
-    owned = [p.name for p in _owned_entries(out)]
-    if marker is None and not owned:
-        return out  # empty, or only files of the user's own
-    owner, status = (marker or {}).get("program"), (marker or {}).get("status")
-    if status == "running" and _still_running(marker):
-        raise OutputDirError(f"{out} is being written by a {owner} run that is still going (process "
-                             f"{marker.get('pid')}). Wait for it, stop it, or pass another --output_dir.")
-    if owner == program and status == "running":
-        if resume or not (out / "checkpoints").is_dir():
-            return out  # resumed, or a run that stopped before writing anything to resume from
-        raise OutputDirError(
-            f"{out} holds an interrupted {program} run. Resume it:\n  {_resume_command()}\nor start over with "
-            "--overwrite_output_dir (its checkpoints and logs are removed), or pass another --output_dir.")
-    if owner == program and status == "finished" and resume and (out / "checkpoints").is_dir():
-        return out  # continue a finished run from its checkpoints (e.g. with more epochs)
-    if marker is None and resume and (out / "checkpoints").is_dir():
-        return out  # a run written before folders were marked
-    what = (f"a finished {owner} run" if owner == program else
-            f"the outputs of {owner}" if owner else f"outputs ({', '.join(sorted(owned)[:4])})")
-    hint = " (or --resume_from_checkpoint latest to continue it)" if owner == program and resumable else ""
-    raise OutputDirError(f"{out} already holds {what}. Pass another --output_dir, or --overwrite_output_dir to "
-                         f"replace them{hint}.")
+    """Refuse (OutputDirError, before any work) an output folder this run must not write into, by the first
+    matching rule of `_OUTPUT_DIR_RULES` (`resumable=False`: the program has no checkpoints to resume from,
+    e.g. export). Reads only: safe on every process."""
+    request = _Request(Path(path), program, overwrite, resume, resumable, tuple(inputs))
+    refusal = next(outcome for condition, outcome in _OUTPUT_DIR_RULES if condition(request))
+    if refusal is not None:
+        raise OutputDirError(refusal(request))
+    return request.out
 
 
 def take_output_dir(out: Path, program: str, *, overwrite: bool) -> None:
@@ -117,7 +180,7 @@ def take_output_dir(out: Path, program: str, *, overwrite: bool) -> None:
         if overwrite:
             for entry in sorted(_owned_entries(out), key=lambda p: p.name != "checkpoints"):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        write_json_atomic(out / RUN_MARKER, {"program": program, "status": "running", "pid": os.getpid(),
+        write_json(out / RUN_MARKER, {"program": program, "status": "running", "pid": os.getpid(),
                                              "host": socket.gethostname()})
     except OSError as error:
         raise OutputDirError(f"cannot write into --output_dir {out}: {error.strerror or error}. Pass a writable "
@@ -134,4 +197,4 @@ def claim_output_dir(path, program: str, *, overwrite: bool = False, resume: boo
 def mark_finished(path) -> None:
     """Record that the run in `path` completed (a later run there then needs --overwrite_output_dir)."""
     marker = read_run_marker(path) or {}
-    write_json_atomic(Path(path) / RUN_MARKER, {**marker, "status": "finished"})
+    write_json(Path(path) / RUN_MARKER, {**marker, "status": "finished"})
