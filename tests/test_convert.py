@@ -586,7 +586,7 @@ def test_a_killed_conversion_leaves_no_output(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == -9, result.stderr[-2000:]
     assert not out.exists()
-    assert [p.name.startswith(".hf.tmp-") for p in tmp_path.iterdir() if p != source] == [True]
+    assert [p.name.startswith(".hf.") and p.name.endswith(".tmp") for p in tmp_path.iterdir() if p != source] == [True]
     assert run_convert([str(source), str(out), "--config", '{"num_attention_heads": 2}']) == 0  # a rerun works
     assert (out / "model.safetensors").stat().st_size > 1000
 

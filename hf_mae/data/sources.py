@@ -8,8 +8,6 @@ import glob
 import io
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,8 @@ from typing import Any
 import datasets
 import numpy as np
 from PIL import Image
+
+from ..atomic import replace_folder
 
 try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BENCHMARKS.md), the same pixels
     import simplejpeg
@@ -115,19 +115,9 @@ def load_embedded_default(cache_dir: str | os.PathLike | None = None) -> dataset
     folder = _embedded_cache_folder(cache_dir)
     if not os.path.exists(os.path.join(folder, "dataset_dict.json")):
         dataset = _build_embedded_default()
-        parent = os.path.dirname(folder)
-        os.makedirs(parent, exist_ok=True)
-        # Write beside the target, then rename: a crash or a concurrent rank never leaves half a cache.
-        tmp = tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.tmp-", dir=parent)
-        try:
-            dataset.save_to_disk(tmp)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                if not os.path.exists(os.path.join(folder, "dataset_dict.json")):
-                    raise  # not a lost race with another process: a real error
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # a crash never leaves half a cache; a concurrent rank that finished first keeps its copy
+        with replace_folder(folder, keep_if=lambda f: (f / "dataset_dict.json").exists()) as staging:
+            dataset.save_to_disk(str(staging))
     return datasets.load_from_disk(folder)
 
 

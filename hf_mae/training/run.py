@@ -1,4 +1,4 @@
-"""Run start-up: the Accelerator and its CPU threads, the run log and trackers, the banner, staged saves."""
+"""Run start-up: the Accelerator and its CPU threads, the run log and trackers, the banner."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import save_pretrained_atomic, write_json_atomic
+from ..atomic import write_json
 from .output_dir import check_output_dir, mark_finished, take_output_dir
 
 # --------------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int
         if not resume:
             (out / "log.jsonl").unlink(missing_ok=True)
         if save_args:
-            write_json_atomic(out / "training_args.json", vars(args))
+            write_json(out / "training_args.json", vars(args))
         if accelerator.log_with:
             accelerator.init_trackers("hf_mae_" + re.sub(r"\W+", "_", program).lower(),
                                       config={k: v for k, v in vars(args).items()
@@ -117,17 +117,7 @@ def print_banner(accelerator, run_log: RunLog, title: str, banner: dict) -> None
 def finish_run(accelerator, out_dir: Path, results: dict) -> None:
     """Write results.json and mark the folder finished (main process), then close the trackers."""
     if accelerator.is_main_process:
-        write_json_atomic(out_dir / "results.json", results)
+        write_json(out_dir / "results.json", results)
         mark_finished(out_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def save_model_into(folder: Path, model, processor) -> None:
-    """`save_pretrained` model + processor into `folder` without touching its other files: staged beside, then
-    one rename per file (each file is either complete-new or complete-old)."""
-    staging = Path(folder) / ".model_staging"
-    save_pretrained_atomic(model, processor, staging)
-    for item in staging.iterdir():
-        os.replace(item, Path(folder) / item.name)
-    staging.rmdir()
