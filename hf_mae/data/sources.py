@@ -209,7 +209,7 @@ def _label_info(dataset) -> tuple[list[str] | None, int | None]:
     feature = dataset.features.get("label") if dataset.features else None
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names), feature.num_classes
-    if feature is not None and isinstance(dataset, datasets.Dataset) and len(dataset):
+    if isinstance(feature, datasets.Value) and isinstance(dataset, datasets.Dataset) and len(dataset):  # ids, not maps
         import pyarrow.compute as pc
 
         top = pc.max(dataset.data.column("label")).as_py()  # arrow-side: no Python pass over the rows

@@ -26,6 +26,7 @@ __all__ = [
     "lr_at_step",
     "param_groups_layer_decay",
     "param_groups_weight_decay",
+    "poly_lr_at_step",
     "scaled_lr",
     "set_lr",
 ]
@@ -141,6 +142,20 @@ def lr_at_step(
         return min_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def poly_lr_at_step(
+    step: float, total_steps: float, warmup_steps: float, base_lr: float, min_lr: float = 0.0, power: float = 1.0
+) -> float:
+    """Linear warmup from 0 to `base_lr`, then mmsegmentation's poly decay to `min_lr` at `total_steps`:
+    `min_lr + (base_lr - min_lr) * (1 - progress) ** power` (the signature of `lr_at_step`)."""
+    step = max(float(step), 0.0)
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + (base_lr - min_lr) * (1.0 - progress) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
