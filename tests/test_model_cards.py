@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 from hf_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel
-from hf_mae.models.mae.modeling_mae import is_auto_model_card
+from hf_mae.models.mae.card_mae import is_auto_model_card
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_test_token_cards"
@@ -91,7 +91,7 @@ def test_push_to_hub_uploads_the_card_and_the_code(tmp_path):
             repo = hub.repos[("model", repo_id)]
             files = repo.commits[-1]["files"]
             assert {"README.md", "config.json", "model.safetensors", "modeling_mae.py",
-                    "configuration_mae.py", "image_processing_mae.py"} <= set(files), sorted(files)
+                    "configuration_mae.py", "image_processing_mae.py", "card_mae.py"} <= set(files), sorted(files)
             readme = files["README.md"].decode()
             assert "[More Information Needed]" not in readme and "- hf_mae" in readme
             assert f'repo_id = "{repo_id}"' in readme

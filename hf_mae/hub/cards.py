@@ -7,8 +7,10 @@ import logging
 import re
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard
 from safetensors import safe_open
+
+from ..models.mae.card_mae import card_metadata, pipeline_tag_of
 
 logger = logging.getLogger(__name__)
 
@@ -18,11 +20,8 @@ DEFAULT_COMMIT_MESSAGES = {"encoder": "Upload MAE encoder", "probe": "Upload MAE
 KINDS = ("pretraining", "encoder", "probe")  # push order
 _PRETRAINING_EXTRAS = ("training_args.json", "results.json", "log.jsonl")  # plus the PNG figures at the root
 
-CARD_TAGS = ["mae", "self-supervised", "vision", "hf_mae"]
-
-
-PIPELINE_TAGS = {"encoder": "image-feature-extraction", "pretraining": "image-feature-extraction",
-                 "probe": "image-classification"}
+PIPELINE_TAGS = {"encoder": pipeline_tag_of("MAEModel"), "pretraining": pipeline_tag_of("MAEForPreTraining"),
+                 "probe": pipeline_tag_of("MAEForImageClassification")}
 
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"  # shipped as package data
@@ -190,11 +189,10 @@ def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae"
                             _hub_dataset_id(probe_results.get("dataset"))} if d]
     base_model = related.get("encoder") if kind == "probe" else None
     eval_results = _eval_results(probe_results)
-    card_data = ModelCardData(
+    card_data = card_metadata(
+        PIPELINE_TAGS[kind],
+        custom_code=format == "hf_mae",
         license="apache-2.0",
-        library_name="transformers",
-        pipeline_tag=PIPELINE_TAGS[kind],
-        tags=CARD_TAGS + (["custom_code"] if format == "hf_mae" else ["vit"]),
         datasets=sorted(datasets) or None,
         base_model=base_model,
         model_name=repo_id.split("/")[-1] if eval_results else None,

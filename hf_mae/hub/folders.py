@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from transformers import ViTForImageClassification
 
+from ..atomic import write_json
 from ..convert.vitmae import fold_batchnorm, to_transformers
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor, check_processor_matches
@@ -19,10 +19,10 @@ from .http import hub_endpoint
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("hf_mae", "vit")
+UPLOAD_FORMATS = ("hf_mae", "vit")  # the layouts an upload folder can take
 
 
-CODE_FILES = ("configuration_mae.py", "modeling_mae.py", "image_processing_mae.py")
+CODE_FILES = ("configuration_mae.py", "modeling_mae.py", "image_processing_mae.py", "card_mae.py")
 
 
 _VIT_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
@@ -45,10 +45,6 @@ class Upload:
     def files(self) -> list[str]:
         """Paths relative to the folder (what the repo will hold), sorted."""
         return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*") if p.is_file())
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _weight_files(src: Path) -> list[Path]:
@@ -97,14 +93,14 @@ def _copy_model_files(src: Path, dst: Path) -> None:
     config = _read_json(dst / "config.json")
     if config.get("auto_map") != AUTO_MAP:
         config["auto_map"] = dict(AUTO_MAP)
-        _write_json(dst / "config.json", config)
+        write_json(dst / "config.json", config, sort_keys=True)
     if not (dst / "preprocessor_config.json").is_file():
         logger.warning("%s has no preprocessor_config.json: writing the default one for its config", src)
         MAEImageProcessor.for_config(MAEConfig.from_pretrained(dst)).save_pretrained(dst)
     processor = _read_json(dst / "preprocessor_config.json")
     if "auto_map" not in processor:
         processor["auto_map"] = {"AutoImageProcessor": AUTO_MAP["AutoImageProcessor"]}
-        _write_json(dst / "preprocessor_config.json", processor)
+        write_json(dst / "preprocessor_config.json", processor, sort_keys=True)
     for name in CODE_FILES:
         if not (dst / name).is_file():
             shutil.copyfile(_MODEL_CODE_DIR / name, dst / name)
@@ -179,8 +175,8 @@ def build_encoder_folder(checkpoint, out_dir, *, format: str = "hf_mae") -> Path
         return out_dir
     to_transformers(encoder.eval()).save_pretrained(out_dir)
     processor = _read_json(processor_dir / "preprocessor_config.json")
-    _write_json(out_dir / "preprocessor_config.json",
-                _vit_processor_config(processor, encoder.config.num_channels))
+    write_json(out_dir / "preprocessor_config.json", _vit_processor_config(processor, encoder.config.num_channels),
+               sort_keys=True)
     return out_dir
 
 
@@ -195,8 +191,8 @@ def build_probe_folder(probe, out_dir, *, format: str = "hf_mae") -> Path:
         model = MAEForImageClassification.from_pretrained(probe).eval()
         vit_classifier_from_mae(model).save_pretrained(out_dir)
         processor = _read_json(probe / "preprocessor_config.json")
-        _write_json(out_dir / "preprocessor_config.json",
-                    _vit_processor_config(processor, model.config.num_channels))
+        write_json(out_dir / "preprocessor_config.json", _vit_processor_config(processor, model.config.num_channels),
+                   sort_keys=True)
     if (probe / "results.json").is_file():
         shutil.copyfile(probe / "results.json", out_dir / "results.json")
     return out_dir
@@ -226,8 +222,8 @@ def build_upload_folders(out_dir, *, checkpoint=None, probe=None, encoder_repo: 
     The source folders are only read. `format` applies to the encoder and the probe; the pretraining model
     is always an hf_mae checkpoint (it needs the decoder).
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format not in UPLOAD_FORMATS:
+        raise ValueError(f"format must be one of {UPLOAD_FORMATS}, got {format!r}")
     if (encoder_repo or pretrain_repo) and checkpoint is None:
         raise ValueError("pushing the encoder or the pretraining model needs checkpoint (a pretraining "
                          "output folder)")

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -20,6 +18,7 @@ from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
+from .card_mae import upload_folder, write_model_card
 from .configuration_mae import MAEConfig
 from .image_processing_mae import normalize_patches, patchify, unpatchify
 
@@ -301,7 +300,7 @@ class MAEPreTrainedModel(PreTrainedModel):
             return result
         self.write_model_card(save_directory, repo_id=repo_id)
         if push:
-            _upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
+            upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
         return result
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None,
@@ -314,18 +313,14 @@ class MAEPreTrainedModel(PreTrainedModel):
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size)
             self.write_model_card(folder, repo_id=repo_id, tags=tags)
-            return _upload_folder(folder, repo_id, commit_message=commit_message,
+            return upload_folder(folder, repo_id, commit_message=commit_message,
                                   commit_description=commit_description, private=private, token=token,
                                   revision=revision, create_pr=create_pr)
 
     def write_model_card(self, folder, repo_id: str | None = None, tags: list[str] | None = None) -> bool:
-        """Write `folder/README.md` (see `model_card`) unless a card not written here is there (a user's, or
-        hf_mae.hub's fuller one); returns whether it wrote."""
-        readme = Path(folder) / "README.md"
-        if readme.is_file() and not is_auto_model_card(readme):
-            return False
-        model_card(self, repo_id or str(folder), tags=tags).save(readme)
-        return True
+        """Write `folder/README.md` (see `card_mae.model_card`) unless a card not written here is there (a user's,
+        or hf_mae.hub's fuller one); returns whether it wrote."""
+        return write_model_card(self, folder, repo_id=repo_id, tags=tags)
 
     def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Validate (B, C, H, W) input and cast floating input to the model's dtype (fp16 / bf16 / fp64 into an
@@ -373,89 +368,6 @@ def _auto_class_of(cls) -> str:
     return {"MAEModel": "AutoModel", "MAEForPreTraining": "AutoModelForPreTraining",
             "MAEForImageClassification": "AutoModelForImageClassification",
             "MAEBackbone": "AutoBackbone"}[cls.__name__]
-
-
-# --- model cards -----------------------------------------------------------------------------------------
-# A short card written by save_pretrained / push_to_hub; hf_mae.hub renders the full ones from model_cards/.
-# Built here (not in hf_mae.hub) because this file is copied into checkpoints and must stand alone.
-CARD_TAGS = ["mae", "self-supervised", "vision", "hf_mae"]
-_AUTO_CARD_MARKER = "<!-- hf_mae: card written by save_pretrained -->"
-_CARD_KINDS = {  # class -> (what it is, pipeline tag, Auto class, what the snippet computes)
-    "MAEModel": ("MAE-pretrained ViT encoder", "image-feature-extraction", "AutoModel",
-                 "features = model(**inputs).last_hidden_state  # (1, 1 + patches, hidden_size), CLS first"),
-    "MAEForPreTraining": ("MAE (encoder + light decoder) for masked-image pretraining",
-                          "image-feature-extraction", "AutoModelForPreTraining",
-                          "loss, logits, mask = model(**inputs)  # per-patch predictions, 1 = masked"),
-    "MAEForImageClassification": ("MAE ViT image classifier", "image-classification",
-                                  "AutoModelForImageClassification",
-                                  "label = model.config.id2label[model(**inputs).logits.argmax(-1).item()]"),
-    "MAEBackbone": ("MAE ViT backbone (feature maps for dense prediction heads)", "image-feature-extraction",
-                    "AutoBackbone", "maps = model(**inputs).feature_maps  # (1, hidden_size, H/p, W/p) each"),
-}
-
-
-def is_auto_model_card(readme) -> bool:
-    """Whether `readme` is a card that `write_model_card` wrote (and may therefore rewrite)."""
-    return _AUTO_CARD_MARKER in Path(readme).read_text(encoding="utf-8", errors="replace")
-
-
-def model_card(model: "MAEPreTrainedModel", repo_id: str, tags: list[str] | None = None) -> ModelCard:
-    """A card naming the model type, its size and input, with tags and a snippet that loads `repo_id`."""
-    what, pipeline_tag, auto_class, usage = _CARD_KINDS[type(model).__name__]
-    config = model.config
-    height, width = config.image_hw
-    data = ModelCardData(library_name="transformers", pipeline_tag=pipeline_tag,
-                         tags=CARD_TAGS + ["custom_code"] + [t for t in tags or [] if t not in CARD_TAGS])
-    mode = "L" if config.num_channels == 1 else "RGB"
-    size = (f"{config.hidden_size}-d, {config.num_hidden_layers} blocks, {config.num_attention_heads} heads, "
-            f"{config.patch_size}x{config.patch_size} patches; {model.num_parameters() / 1e6:.2f}M weights")
-    content = f"""---
-{data.to_yaml()}
----
-{_AUTO_CARD_MARKER}
-
-# {Path(repo_id).name}: {what}
-
-A Masked Autoencoder (He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022) saved with
-the hf_mae package as model type `hf_mae` (`{type(model).__name__}`).
-
-- Encoder: {size}
-- Input: {height}x{width} pixels, {config.num_channels} channel(s)
-
-## How to use
-
-The code files ship with the weights: `trust_remote_code=True` loads them where hf_mae is not installed
-(with `import hf_mae`, it is not needed).
-
-```python
-from PIL import Image
-from transformers import AutoImageProcessor, {auto_class}
-
-repo_id = "{repo_id}"
-processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
-model = {auto_class}.from_pretrained(repo_id, trust_remote_code=True).eval()
-inputs = processor(Image.open("image.png").convert("{mode}"), return_tensors="pt")
-{usage}
-```
-"""
-    return ModelCard(content)
-
-
-def _upload_folder(folder, repo_id: str, *, commit_message: str | None = None,
-                   commit_description: str | None = None, private: bool | None = None, token=None,
-                   revision: str | None = None, create_pr: bool = False):
-    """One commit of `folder` to `repo_id` (created if missing); a README.md on the Hub that hf_mae did not
-    write stays as it is."""
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    try:
-        remote_card = api.hf_hub_download(repo_id, "README.md", revision=revision)
-    except (HfHubHTTPError, EntryNotFoundError):  # no card there yet (or none readable): ours goes up
-        remote_card = None
-    ignore = ["README.md"] if remote_card is not None and not is_auto_model_card(remote_card) else None
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
-                             commit_message=commit_message or "Upload model (hf_mae)",
-                             commit_description=commit_description, ignore_patterns=ignore)
 
 
 class MAEModel(MAEPreTrainedModel):
@@ -722,4 +634,4 @@ class MAEBackbone(BackboneMixin, MAEPreTrainedModel):
 
 
 __all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone", "MAEPreTrainedModel",
-           "sincos_pos_embed", "random_masking", "masking_indices", "model_card"]
+           "sincos_pos_embed", "random_masking", "masking_indices"]
