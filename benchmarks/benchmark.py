@@ -248,7 +248,7 @@ def bench_data(args) -> dict:
 
     torch.set_num_threads(1)
     jpegs = make_jpegs()
-    transform = TrainTransform(224)
+    transform = TrainTransform(224, output="float")  # normalised floats, as the plain pipeline makes
     rng = np.random.default_rng(0)
 
     def ours():
@@ -306,18 +306,19 @@ def write_layouts(root: Path, jpegs: list[bytes], classes: int = 4) -> dict:
             "webdataset": {"data_files": str(root / "webdataset" / "train-000000.tar")}}
 
 
-def old_transform(size: int = 224):
-    """The training transform before uint8 batches: PIL's resize, normalised float32 made in the workers."""
+def float_pil_transform(size: int = 224):
+    """The comparison path: PIL's resize and normalised float32 made in the workers (not the library default)."""
     from hf_mae.data.transforms import TrainTransform
 
     return TrainTransform(size, resize="pil", output="float")
 
 
-def new_transform(size: int = 224):
-    """The programs' training transform: OpenCV's resize, uint8 out of the workers (normalised on the device)."""
+def program_transform(size: int = 224):
+    """The programs' training transform (the library default): OpenCV's resize, uint8 out of the workers
+    (normalised on the device)."""
     from hf_mae.data.transforms import TrainTransform
 
-    return TrainTransform(size, output="uint8")
+    return TrainTransform(size)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -365,7 +366,8 @@ def interleaved_loaders(timers: dict, rounds: int) -> dict:
 
 def bench_loader(args) -> dict:
     """Images/s through the whole training DataLoader, one worker process (= one core decoding), per layout:
-    today's path (PIL resize, float32 normalised in the worker) against the new one (OpenCV, uint8)."""
+    the float/PIL comparison path ("old": PIL resize, float32 normalised in the worker) against the programs'
+    path ("new": OpenCV, uint8)."""
     from hf_mae.data.sources import load_image_datasets
 
     torch.set_num_threads(1)
@@ -374,7 +376,7 @@ def bench_loader(args) -> dict:
         timers = {}
         for layout, kwargs in write_layouts(Path(tmp), jpegs).items():
             train, _, _ = load_image_datasets(**kwargs, eval_split=None)
-            for path, transform in (("old", old_transform()), ("new", new_transform())):
+            for path, transform in (("old", float_pil_transform()), ("new", program_transform())):
                 timers[(layout, path)] = epoch_timer(train, transform, args.loader_batch, args.loader_workers)
         seconds = interleaved_loaders(timers, args.rounds)
     result = {"images": args.images, "batch": args.loader_batch, "workers": args.loader_workers,
@@ -405,7 +407,8 @@ def bench_loader(args) -> dict:
 
 
 def bench_stages(args) -> dict:
-    """Milliseconds per image of each stage of the training transform, old path and new, one core."""
+    """Milliseconds per image of each stage of the training transform, float/PIL path ("old") and the programs'
+    path ("new"), one core."""
     import cv2
     import simplejpeg
 
@@ -414,7 +417,7 @@ def bench_stages(args) -> dict:
 
     torch.set_num_threads(1)
     jpegs = make_jpegs(args.images)
-    old, new = old_transform(), new_transform()
+    old, new = float_pil_transform(), program_transform()
     torch.manual_seed(0)
     boxes = [old.sample_crop(500, 375) for _ in jpegs]
     boxes = [(left, top, left + w, top + h) for left, top, w, h in boxes]
@@ -468,7 +471,7 @@ def bench_prepared(args) -> dict:
         write_layouts(root, jpegs)
         timers, sizes = {}, {}
         train, _, _ = load_image_datasets(data_files=str(root / "parquet" / "train.parquet"), eval_split=None)
-        timers["source"] = epoch_timer(train, new_transform(), args.loader_batch, args.loader_workers)
+        timers["source"] = epoch_timer(train, program_transform(), args.loader_batch, args.loader_workers)
         sizes["source"] = (root / "parquet" / "train.parquet").stat().st_size
         for side in args.shorter_sides:
             out = root / f"prepared_{side}"
@@ -477,7 +480,7 @@ def bench_prepared(args) -> dict:
                     "--train_dir", str(root / "imagefolder"), "--output_dir", str(out), "--shorter_side", str(side),
                     "--quality", "90", "--format", "parquet", "--num_proc", "1", "--eval_split", ""]))
             copy, _, _ = load_image_datasets(dataset_name=str(out))
-            timers[side] = epoch_timer(copy, new_transform(), args.loader_batch, args.loader_workers)
+            timers[side] = epoch_timer(copy, program_transform(), args.loader_batch, args.loader_workers)
             sizes[side] = sum(p.stat().st_size for p in (out / "data").iterdir())
         seconds = interleaved_loaders(timers, args.rounds)
     images = timers["source"][1]
@@ -589,8 +592,9 @@ def main(argv=None) -> dict:
     table = markdown(results, command)
     print(table)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from hf_mae.atomic import write_json
+
+        write_json(args.json, results)
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write("\n" + table)

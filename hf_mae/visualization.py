@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path
+
 GRID_COLUMNS = ("original", "masked", "reconstruction", "reconstruction_visible")
 COLUMN_TITLES = ("original", "masked", "reconstruction", "reconstruction\n+ visible patches")
 
@@ -55,8 +57,9 @@ def reconstruction_grid(pictures: dict, path, min_cell: int = 112, title: str | 
     scale = max(1, -(-min_cell // pictures["original"].shape[-2]))  # upscale small images
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _labelled(grid, cell * scale, title).save(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # the temporary name has none
+    with atomic_path(path) as tmp:
+        _labelled(grid, cell * scale, title).save(tmp, format=image_format)
     return path
 
 
@@ -86,7 +89,8 @@ def loss_curve(log_path, path) -> Path | None:
         loss_axis.annotate("end of warmup", (warmup, 1), xycoords=("data", "axes fraction"), xytext=(4, -14),
                            textcoords="offset points", color="grey", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return Path(path)
 

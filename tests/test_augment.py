@@ -126,9 +126,9 @@ def test_train_transform_runs_augment_on_the_crop_and_erase_on_the_normalised_te
         seen["mean"] = tensor.mean().item()
         return tensor * 0
 
-    plain = TrainTransform(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, mean=0.5, std=0.5)
+    plain = TrainTransform(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, mean=0.5, std=0.5, output="float")
     hooked = TrainTransform(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, mean=0.5, std=0.5, augment=augment,
-                            erase=erase)
+                            erase=erase, output="float")
     out = hooked(img)
     assert seen["size"] == (8, 8) and not out.any()
     assert seen["mean"] == pytest.approx(-plain(img).mean().item(), abs=1e-2)  # the inverted crop, normalised

@@ -198,7 +198,7 @@ def test_label_free_data(tmp_path):
                    str(tmp_path / "d.parquet"))
     train, _, info = load_image_datasets(data_files=str(tmp_path / "d.parquet"), cache_dir=str(tmp_path))
     assert train.column_names == ["image"] and info.label_names is None and info.num_labels is None
-    fn = make_transform_fn(TrainTransform(8), num_channels=3)
+    fn = make_transform_fn(TrainTransform(8, output="float"), num_channels=3)
     batch = collate([apply_transform(train, fn)[i] for i in range(2)])
     assert batch["pixel_values"].shape == (2, 3, 8, 8) and "labels" not in batch
 
@@ -300,19 +300,19 @@ def test_convert_image_mode_keeps_lazy_jpeg_undecoded():
 
 def test_train_transform_output_and_normalisation():
     img = Image.new("RGB", (40, 30), (255, 128, 0))
-    out = TrainTransform((16, 24))(img)
+    out = TrainTransform((16, 24), output="float")(img)
     assert out.shape == (3, 16, 24) and out.dtype == torch.float32 and out.is_contiguous()
     mean, std = torch.tensor(hd.IMAGENET_MEAN), torch.tensor(hd.IMAGENET_STD)
     expected = (torch.tensor([255, 128, 0]) / 255 - mean) / std
     torch.testing.assert_close(out, expected.view(3, 1, 1).expand_as(out), atol=1e-5, rtol=0)
-    gray = TrainTransform(8, num_channels=1, mean=0.5, std=0.5)(img)  # luma of (255,128,0) ~ 151
+    gray = TrainTransform(8, num_channels=1, mean=0.5, std=0.5, output="float")(img)  # luma of (255,128,0) ~ 151
     assert gray.shape == (1, 8, 8)
     assert abs(gray.mean().item() - (151 / 255 - 0.5) / 0.5) < 0.02
 
 
 def test_train_transform_small_image_and_reproducible():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8))
-    tf = TrainTransform(32)
+    tf = TrainTransform(32, output="float")
     torch.manual_seed(3)
     a = tf(img)
     torch.manual_seed(3)
@@ -323,8 +323,9 @@ def test_train_transform_small_image_and_reproducible():
 
 def test_train_transform_flip():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
-    full = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False)(img)  # whole image, no flip
-    tf = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    whole_no_flip = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False, output="float")
+    full = whole_no_flip(img)
+    tf = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), output="float")
     outs = [tf(img) for _ in range(20)]
     flipped = [torch.equal(o, full.flip(-1)) for o in outs]
     assert all(f or torch.equal(o, full) for f, o in zip(flipped, outs))
@@ -332,7 +333,7 @@ def test_train_transform_flip():
 
 
 def test_crop_sampling_ranges_and_fallback():
-    tf = TrainTransform(8)
+    tf = TrainTransform(8, output="float")
     for _ in range(200):
         left, top, w, h = tf.sample_crop(100, 80)
         assert 0 <= left <= 100 - w and 0 <= top <= 80 - h
@@ -344,7 +345,8 @@ def test_crop_sampling_ranges_and_fallback():
 def test_draft_decoding_is_used_and_close_to_full_decode():
     data = smooth_jpeg(512, 640)
     # PIL's resize takes the fractional box of the reduced image as it is: the two decodes are compared alone
-    tf_draft, tf_full = TrainTransform(64, resize="pil"), TrainTransform(64, draft=False, resize="pil")
+    tf_draft, tf_full = (TrainTransform(64, resize="pil", output="float"),
+                         TrainTransform(64, draft=False, resize="pil", output="float"))
     diffs = []
     for seed in range(5):
         img = Image.open(io.BytesIO(data))
@@ -367,7 +369,7 @@ def test_simplejpeg_decode_gives_the_same_pixels_as_pil(monkeypatch, num_channel
     calls = []
     real = hd.simplejpeg.decode_jpeg
     monkeypatch.setattr(hd.simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(k) or real(*a, **k))
-    transform = TrainTransform(size, num_channels=num_channels)
+    transform = TrainTransform(size, num_channels=num_channels, output="float")
     torch.manual_seed(0)
     fast = transform(Image.open(io.BytesIO(data)))
     assert len(calls) == 1
@@ -381,12 +383,12 @@ def test_jpegs_simplejpeg_cannot_decode_go_to_pil():
     Image.new("CMYK", (40, 30), (10, 200, 30, 0)).save(buf, "JPEG")
     cmyk = Image.open(io.BytesIO(buf.getvalue()))
     assert hd.decode_jpeg(cmyk) is cmyk  # PIL decodes it
-    assert TrainTransform(16)(Image.open(io.BytesIO(buf.getvalue()))).shape == (3, 16, 16)
+    assert TrainTransform(16, output="float")(Image.open(io.BytesIO(buf.getvalue()))).shape == (3, 16, 16)
     data = jpeg_bytes(64, 64)
     truncated = Image.open(io.BytesIO(data[: len(data) // 2]))
     assert hd.decode_jpeg(truncated) is truncated  # simplejpeg refused it: PIL raises its own error later
     with pytest.raises(OSError, match="truncated"):
-        TrainTransform(16)(Image.open(io.BytesIO(data[: len(data) // 2])))
+        TrainTransform(16, output="float")(Image.open(io.BytesIO(data[: len(data) // 2])))
 
 
 def test_eval_transform_with_transformers_processor():
@@ -406,7 +408,7 @@ def test_eval_transform_with_transformers_processor():
 def test_corrupt_image_skipped_counted_and_named(tmp_path):
     make_imagefolder(tmp_path / "train", ["a", "b"], per_class=3, bad="broken.jpg")
     train, _, _ = load_image_datasets(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
-    fn = make_transform_fn(TrainTransform(16), num_channels=3)
+    fn = make_transform_fn(TrainTransform(16, output="float"), num_channels=3)
     loader = torch.utils.data.DataLoader(apply_transform(train, fn), batch_size=4, collate_fn=collate)
     with pytest.warns(BadImageWarning, match="broken.jpg") as record:
         batches = list(loader)
@@ -419,7 +421,7 @@ def test_corrupt_image_skipped_counted_and_named(tmp_path):
         list(loader)
     assert fn.num_bad == 2
 
-    strict = apply_transform(train, make_transform_fn(TrainTransform(16), num_channels=3, strict=True))
+    strict = apply_transform(train, make_transform_fn(TrainTransform(16, output="float"), num_channels=3, strict=True))
     with pytest.raises(ValueError, match="broken.jpg"):
         list(torch.utils.data.DataLoader(strict, batch_size=8, collate_fn=collate))
 
@@ -431,7 +433,7 @@ def test_bad_bytes_named_by_index_and_streaming_works(tmp_path):
     for streaming in (False, True):
         train, _, _ = load_image_datasets(data_files=str(tmp_path / "d.parquet"), streaming=streaming,
                                           cache_dir=str(tmp_path))
-        fn = make_transform_fn(TrainTransform(8), num_channels=3)
+        fn = make_transform_fn(TrainTransform(8, output="float"), num_channels=3)
         with pytest.warns(BadImageWarning, match="index 1"):
             batch = collate(list(apply_transform(train, fn)) if streaming
                             else apply_transform(train, fn).__getitems__([0, 1, 2]))
@@ -451,7 +453,7 @@ def test_collate_drops_none_and_handles_all_bad():
 def test_skips_are_reported_through_dataloader_workers(tmp_path):
     make_imagefolder(tmp_path / "train", ["a", "b"], per_class=3, bad="broken.jpg")
     train, _, _ = load_image_datasets(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
-    fn = make_transform_fn(TrainTransform(8), num_channels=3)
+    fn = make_transform_fn(TrainTransform(8, output="float"), num_channels=3)
     loader = torch.utils.data.DataLoader(apply_transform(train, fn), batch_size=3, collate_fn=collate,
                                          num_workers=2)
     with warnings.catch_warnings():

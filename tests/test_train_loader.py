@@ -21,7 +21,7 @@ def images():
 
 
 def transform_fn():
-    return make_transform_fn(TrainTransform(16, scale=(0.1, 1.0)))
+    return make_transform_fn(TrainTransform(16, scale=(0.1, 1.0), output="float"))
 
 
 def epoch_batches(loader, epoch):

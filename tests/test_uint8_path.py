@@ -49,7 +49,8 @@ def first_batch(dataset, transform, batch_size=12, seed=4):
 
 def test_uint8_batch_equals_the_float_batch(jpeg_dataset):
     """Same crops and flips (per-image seeds) either way; uint8 crosses the loader, normalised afterwards."""
-    old = first_batch(jpeg_dataset, TrainTransform(32, mean=MEAN, std=STD, resize="pil"))["pixel_values"]
+    float_path = TrainTransform(32, mean=MEAN, std=STD, resize="pil", output="float")
+    old = first_batch(jpeg_dataset, float_path)["pixel_values"]
     transform = TrainTransform(32, mean=MEAN, std=STD, resize="pil", output="uint8")
     batch = first_batch(jpeg_dataset, transform)
     assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (12, 3, 32, 32)
@@ -62,7 +63,7 @@ def test_uint8_batch_equals_the_float_batch(jpeg_dataset):
 
 def test_the_programs_path_is_close_to_the_old_one(jpeg_dataset):
     """OpenCV's resize (the programs' path) against the old PIL float path: within a grey level on average."""
-    old = first_batch(jpeg_dataset, TrainTransform(48, resize="pil"))["pixel_values"]
+    old = first_batch(jpeg_dataset, TrainTransform(48, resize="pil", output="float"))["pixel_values"]
     transform = TrainTransform(48, output="uint8")
     assert transform.resize == "opencv"
     batch = first_batch(jpeg_dataset, transform)
@@ -101,7 +102,7 @@ def test_erasing_drawn_in_the_worker_applied_on_the_device():
     data = photo_jpeg(seed=1)
     erase = RandomErasing(prob=1.0)
     uint8 = TrainTransform(32, hflip=False, output="uint8", erase=erase)
-    float_path = TrainTransform(32, hflip=False, erase=erase)
+    float_path = TrainTransform(32, hflip=False, erase=erase, output="float")
     torch.manual_seed(7)
     item = uint8(Image.open(io.BytesIO(data)))
     torch.manual_seed(7)
@@ -119,7 +120,7 @@ def test_erasing_drawn_in_the_worker_applied_on_the_device():
     assert changed[inside].float().mean() > 0.99 and not changed[~inside].any()  # exactly the drawn rectangle
     # The float path erased the same rectangle (the same draws from the image's random stream).
     torch.manual_seed(7)
-    unerased = TrainTransform(32, hflip=False)(Image.open(io.BytesIO(data)))
+    unerased = TrainTransform(32, hflip=False, output="float")(Image.open(io.BytesIO(data)))
     assert torch.equal((reference != unerased).any(0), changed)
     assert torch.equal(batch["pixel_values"][0], batch["pixel_values"][1])  # the noise is seeded per image
 
@@ -139,6 +140,13 @@ def test_uint8_output_needs_a_random_erasing_it_can_draw():
         TrainTransform(16, output="uint8", erase=lambda pixels: pixels)
     with pytest.raises(ValueError, match="output"):
         TrainTransform(16, output="bf16")
+
+
+def test_the_default_output_is_the_programs_uint8_path():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    out = TrainTransform(16)(img)
+    assert out.dtype == torch.uint8 and out.shape == (3, 16, 16)
+    assert TrainTransform(16).output == "uint8"
 
 
 def test_device_normalize_leaves_float_batches_alone_and_pins_when_asked(jpeg_dataset):
@@ -174,7 +182,8 @@ def test_pretraining_steps_see_the_normalised_batch_of_the_float_path(jpeg_datas
     logged = next(r for r in log if r.get("event") == "first_batch")["pixel_sums_per_process"][0]
     processor = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
     train, _, _ = load_image_datasets(data_files=str(tmp_path / "train.parquet"))
-    transform = TrainTransform(TINY["image_size"], mean=processor["image_mean"], std=processor["image_std"])
+    transform = TrainTransform(TINY["image_size"], mean=processor["image_mean"], std=processor["image_std"],
+                               output="float")
     expected = first_batch(train, transform, batch_size=4, seed=0)["pixel_values"]  # float32, normalised in the worker
     assert logged == pytest.approx(expected.sum().item(), rel=1e-5, abs=1e-3)
     assert abs(logged) < expected.numel()  # normalised values, not 0-255 pixels

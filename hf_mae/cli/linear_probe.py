@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import save_pretrained_into
+from ..atomic import atomic_path, save_pretrained_into
 from ..data.decoding import make_transform_fn
 from ..data.train_loader import train_dataloader
 from ..data.transforms import TrainTransform
@@ -164,7 +164,8 @@ def load_or_extract_features(accelerator, args, model, processor, info, train_da
     if not args.augment:
         train = extract_split_features(accelerator, encoder, train_data, processor, args, "training features")
         if args.cache_features and accelerator.is_main_process:
-            torch.save({"key": key, "train": train, "eval": held_out}, cache_path)
+            with atomic_path(cache_path) as tmp:
+                torch.save({"key": key, "train": train, "eval": held_out}, tmp)
     return train, held_out
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json, write_text
 from ..data.decoding import _DECODE_ERRORS, _open_image
 from ..models.mae.image_processing_mae import convert_image_mode
 from ..training.output_dir import check_output_dir, mark_finished, read_run_marker, take_output_dir
@@ -271,7 +271,7 @@ def main(args: argparse.Namespace) -> dict:
         warnings.warn(f"{counts['undecodable']} undecodable images were stored as they are (training skips them)",
                       stacklevel=2)
     label = train.features.get("label") if train.features else None
-    (out / "README.md").write_text(dataset_card(list(splits), args.format, label, wds_ext, settings))
+    write_text(out / "README.md", dataset_card(list(splits), args.format, label, wds_ext, settings))
     record = {"settings": settings, "status": "finished", "this_run": counts, "resumed_after_images": done_images}
     write_json(out / SETTINGS, record)
     mark_finished(out)

@@ -59,7 +59,7 @@ _RESAMPLING = {
 }
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def _height_width(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     h, w = size
@@ -212,12 +212,13 @@ class TrainTransform:
 
     Resizing the crop: `resize="opencv"` (the default where OpenCV is installed, bicubic interpolation only)
     uses `resize_box`: ~1.8x faster than PIL, within ~1 grey level of PIL's bicubic on average (see there);
-    `resize="pil"` is one `Image.resize(..., box=crop)` call, as before.
+    `resize="pil"` is one `Image.resize(..., box=crop)` call.
 
-    Output: `output="float"` (default) gives the normalised float32 (num_channels, height, width) tensor;
-    `output="uint8"` gives the uint8 pixels (num_channels, height, width): a quarter of the bytes through
-    worker IPC, pinned memory and the copy to the device, where `DeviceNormalize` (`self.normalizer()`)
-    normalises whole batches, bit for bit as the float output would be.
+    Output: `output="uint8"` (default, what the training programs use) gives the uint8 pixels (num_channels,
+    height, width): a quarter of the bytes through worker IPC, pinned memory and the copy to the device, where
+    `DeviceNormalize` (`self.normalizer()`) normalises whole batches. `output="float"` normalises each image in
+    the worker instead (float32 (num_channels, height, width)), bit for bit the same values: the reference the
+    tests and benchmarks compare the uint8 path against.
 
     Randomness comes from torch: the default generator, or `generator` if given. `torch.manual_seed` (or
     `accelerate.utils.set_seed`) makes it reproducible, and DataLoader workers are seeded per worker by
@@ -244,12 +245,12 @@ class TrainTransform:
                  generator: torch.Generator | None = None,
                  augment: Callable[[Image.Image], Image.Image] | None = None,
                  erase: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 output: str = "float", resize: str = "opencv"):
+                 output: str = "uint8", resize: str = "opencv"):
         if output not in ("float", "uint8"):
             raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
         if resize not in ("opencv", "pil"):
             raise ValueError(f"resize must be 'opencv' or 'pil', got {resize!r}")
-        self.size = _pair(size)
+        self.size = _height_width(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = hflip
