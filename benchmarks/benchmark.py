@@ -457,7 +457,7 @@ def bench_stages(args) -> dict:
 
 
 def bench_prepared(args) -> dict:
-    """The new loader on a parquet copy of the source against prepared copies (shorter side N, quality 90):
+    """The programs' loader on a parquet copy of the source against prepared copies (shorter side N, quality 90):
     images per CPU-second of the loader's processes (see bench_loader), interleaved rounds."""
     from hf_mae.cli import prepare_dataset
     from hf_mae.data.sources import load_image_datasets

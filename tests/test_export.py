@@ -337,8 +337,8 @@ def test_export_never_writes_into_its_input_or_another_programs_outputs(tmp_path
 
 
 def test_a_processor_that_does_not_fit_the_model_is_named_before_any_export(tmp_path, saved):
-    """A 224-pixel processor beside a 16-pixel model died inside onnxruntime (`INVALID_ARGUMENT ... Got: 224
-    Expected: 16`); now both sizes are named before anything is written."""
+    """A 224-pixel processor beside a 16-pixel model is refused naming both sizes before anything is written
+    (not left to fail inside onnxruntime with `INVALID_ARGUMENT ... Got: 224 Expected: 16`)."""
     model_dir = tmp_path / "encoder"
     shutil.copytree(saved / "encoder", model_dir)
     MAEImageProcessor().save_pretrained(model_dir)  # the default 224 x 224 crop

@@ -700,8 +700,8 @@ def test_transient_server_errors_are_retried(hub, runs, no_backoff_sleep, caplog
 
 @pytest.mark.parametrize("status", [403, 500])
 def test_server_echoing_the_token_never_shows_it(hub, runs, status, no_backoff_sleep, caplog, capfd):
-    """A Hub error whose body and X-Error-Message echo the Authorization header: the token was printed twice.
-    Now it is redacted from the message, the log, the output and the traceback (nothing chained to it)."""
+    """A Hub error whose body and X-Error-Message echo the Authorization header: the token is
+    redacted from the message, the log, the output and the traceback (nothing chained to it)."""
     hub.echo_auth = status
     caplog.set_level(logging.INFO)  # what the CLI shows (the HTTP libraries' DEBUG logs print raw headers)
     with pytest.raises(HubPushError) as info:

@@ -165,7 +165,7 @@ def test_without_opencv_pil_resizes(monkeypatch):
 
 def test_pretraining_steps_see_the_normalised_batch_of_the_float_path(jpeg_dataset, tmp_path):
     """The loop normalises the uint8 batch on the device before the step: the first batch the model sees is the
-    old float path's batch (same crops, same normalisation) whose sum the run logs."""
+    float path's batch (same crops, same normalisation) whose sum the run logs."""
     import json
 
     from conftest import TINY

@@ -33,7 +33,7 @@ def _adapt_positions(name: str, tensor: torch.Tensor, dim: int, grid: tuple[int,
     if not has_cls:
         tensor = torch.cat([tensor.new_zeros(1, 1, dim), tensor], dim=1)
         notes.append(f"{name}: no CLS row in the checkpoint; a zero row added (the CLS token gets no "
-                     f"position, as before)")
+                     f"position, as in the checkpoint)")
     fixed = sincos_pos_embed(dim, source_grid)
     target = sincos_pos_embed(dim, grid)  # what a fixed table becomes on the target grid
     size = f"{grid[0]}x{grid[1]}"

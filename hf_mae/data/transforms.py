@@ -222,7 +222,7 @@ class TrainTransform:
 
     Randomness comes from torch: the default generator, or `generator` if given. `torch.manual_seed` (or
     `accelerate.utils.set_seed`) makes it reproducible, and DataLoader workers are seeded per worker by
-    torch, so workers draw different crops; `hf_mae.train_loader` seeds every image instead (by seed, epoch
+    torch, so workers draw different crops; `hf_mae.data.train_loader` seeds every image instead (by seed, epoch
     and index), which the training programs use. Crop sampling follows the standard RandomResizedCrop: up to 10
     tries of area in `scale` x image area and log-uniform aspect ratio in `ratio`, then a centre crop with
     the ratio clamped to `ratio`.
