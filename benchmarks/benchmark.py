@@ -7,10 +7,11 @@ Cases (each: warm-up excluded, rounds interleaved A B A B ..., medians and the m
     data         training data pipeline, images/s on one core, on 500x375 quality-90 JPEGs made here
     memory       peak memory (RSS on CPU, allocated on GPU) of train_base steps, each side in its own process
   the training data path (run by name, not part of "all"):
-    loader       images/s through the whole training DataLoader per core, old path (PIL resize, float32 made in
-                 the worker) vs new (OpenCV resize, uint8), for imagefolder, parquet and webdataset layouts
-    stages       ms per image of each stage (decode, crop+resize, flip, tensor, collate), old vs new
-    prepared     the new loader on prepared copies (scripts/prepare_dataset.py, shorter side 256/320/384)
+    loader       images/s through the whole training DataLoader per core, the float/PIL comparison path (PIL
+                 resize, float32 made in the worker) vs the programs' path (OpenCV resize, uint8), for
+                 imagefolder, parquet and webdataset layouts
+    stages       ms per image of each stage (decode, crop+resize, flip, tensor, collate), both paths
+    prepared     the programs' loader on prepared copies (scripts/prepare_dataset.py, shorter side 256/320/384)
 
 Training cases run each side in its own worker process (its own allocator state and settings, its own
 peak memory), loaded from the same saved weights; the parent alternates them round by round. "hf_mae" runs

@@ -624,7 +624,7 @@ def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
 
 def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
     """`python -m hf_mae.push_to_hub ... --timeout 2 --attempts 2` against an endpoint that accepts the connection and
-    never answers: it used to hang with no output; now it fails within the timeouts, says so, prints the retry
+    never answers: it fails within the timeouts instead of hanging silently, says so, prints the retry
     command, and never the token."""
     with SilentServer() as silent:
         start = time.monotonic()

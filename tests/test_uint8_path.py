@@ -1,8 +1,8 @@
 """The training data path: uint8 batches through the DataLoader, normalised (and erased) on the device.
 
 The programs build `TrainTransform(..., output="uint8")` (OpenCV resize) and pass `transform.normalizer()` to
-the training loop; the old path (`output="float", resize="pil"`) stays for comparison (benchmarks/benchmark.py
---case loader).
+the training loop; the float/PIL path (`output="float", resize="pil"`) is what benchmarks/benchmark.py
+--case loader compares it with.
 """
 
 import io
@@ -62,7 +62,7 @@ def test_uint8_batch_equals_the_float_batch(jpeg_dataset):
 
 
 def test_the_programs_path_is_close_to_the_old_one(jpeg_dataset):
-    """OpenCV's resize (the programs' path) against the old PIL float path: within a grey level on average."""
+    """OpenCV's resize (the programs' path) against the PIL float path: within a grey level on average."""
     old = first_batch(jpeg_dataset, TrainTransform(48, resize="pil", output="float"))["pixel_values"]
     transform = TrainTransform(48, output="uint8")
     assert transform.resize == "opencv"
@@ -106,7 +106,7 @@ def test_erasing_drawn_in_the_worker_applied_on_the_device():
     torch.manual_seed(7)
     item = uint8(Image.open(io.BytesIO(data)))
     torch.manual_seed(7)
-    reference = float_path(Image.open(io.BytesIO(data)))  # erased in the worker, as before
+    reference = float_path(Image.open(io.BytesIO(data)))  # the float path erases in the worker
     top, left, height, width, seed = item["erase"]
     assert height > 0 and width > 0 and item["pixel_values"].dtype == torch.uint8
     normalize = uint8.normalizer()
