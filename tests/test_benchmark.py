@@ -122,7 +122,7 @@ def test_mfu_flops_per_image_from_the_config():
 
     flops = load_gpu_benchmark().train_gflop_per_image
     base, large = (flops(MAEConfig.from_preset(p)) for p in ("mae-vit-base-patch16", "mae-vit-large-patch16"))
-    assert round(base, 1) == 58.2  # the figure every earlier MFU in BENCHMARKS.md used
+    assert round(base, 1) == 58.2  # the figure every MFU in BENCHMARKS.md uses
     assert round(large, 1) == 123.8 and flops(MAEConfig.from_preset("mae-vit-base-patch16", mask_ratio=0.5)) > base
 
 
