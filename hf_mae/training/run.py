@@ -19,11 +19,18 @@ from .output_dir import check_output_dir, mark_finished, take_output_dir
 # --------------------------------------------------------------------------------------------------------
 
 
+# the first windows of `logging_steps` hold the warm-up (allocations, caches): estimate from the third
+ESTIMATE_AFTER_WINDOWS = 3
+
+
 class RunLog:
-    """Append-only JSONL log on the main process, plus the Accelerate trackers."""
+    """Append-only JSONL log on the main process, plus the Accelerate trackers; after the banner of a run with
+    a known number of optimizer steps, one line that says how long the training steps take on this machine."""
 
     def __init__(self, accelerator, path: Path):
         self.accelerator, self.path = accelerator, path
+        self.expected: tuple[int, int] | None = None  # (optimizer steps, images per step) until estimated
+        self.windows_seen = 0
 
     def write(self, record: dict, step: int | None = None) -> None:
         if self.accelerator.is_main_process:
@@ -32,6 +39,23 @@ class RunLog:
         numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if step is not None and numeric:
             self.accelerator.log(numeric, step=step)
+        if self.expected and record.get("images_per_s"):
+            self.windows_seen += 1
+            if self.windows_seen == ESTIMATE_AFTER_WINDOWS:
+                self.print_estimate(record["step"], record["images_per_s"])
+
+    def print_estimate(self, step: int, images_per_s: float) -> None:
+        """What the rest of the run takes on this machine, from a steady logging window's images/s."""
+        total, images_per_step = self.expected
+        self.expected = None
+        if self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+
+            minutes = total * images_per_step / images_per_s / 60
+            left = max(0, total - step) * images_per_step / images_per_s / 60
+            tqdm.write(f"speed after {step} of {total} steps: {images_per_s:.0f} images/s on this machine -> the "
+                       f"training steps take about {minutes:.1f} min in all ({left:.1f} min left), plus the "
+                       f"held-out evaluations")
 
 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
@@ -112,6 +136,8 @@ def print_banner(accelerator, run_log: RunLog, title: str, banner: dict) -> None
     width = max(len(k) for k in banner) + 2
     accelerator.print(f"hf_mae {title}\n" + "\n".join(f"  {k:>{width}}: {v}" for k, v in banner.items()))
     run_log.write({"event": "start", **banner})
+    if banner.get("optimizer_steps") and banner.get("effective_batch_size"):  # the estimate follows the warm-up
+        run_log.expected = (int(banner["optimizer_steps"]), int(banner["effective_batch_size"]))
 
 
 def finish_run(accelerator, out_dir: Path, results: dict) -> None:
