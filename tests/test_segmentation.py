@@ -1,0 +1,248 @@
+"""Semantic segmentation (UperNet on MAEBackbone): data, paired transforms, label checks, the mIoU metric, the
+program's contract (results.json, from_pretrained, pipeline) and exact resume. Tiny configs, tiny scenes."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+import hf_mae  # noqa: F401  (registers hf_mae with the Auto classes)
+from hf_mae import MAEForPreTraining, MAEImageProcessor
+from hf_mae.data.segmentation import (
+    IGNORE_INDEX,
+    PairedTrainTransform,
+    SegmentationTransformFn,
+    check_label_map,
+    collate_segmentation,
+    digit_scenes,
+    load_segmentation_datasets,
+    reduce_label_ids,
+)
+from hf_mae.evaluation.metrics.mean_iou import confusion_matrix, scores_from_confusion
+from hf_mae.evaluation.segmentation import MEAN_IOU_PATH, default_out_indices, slide_logits
+from hf_mae.training.optim import poly_lr_at_step
+
+# ------------------------------------------------------------------------------------------ data and checks
+
+
+def test_digit_scenes_are_deterministic_and_labelled_by_stroke():
+    rng = np.random.default_rng(0)
+    digits = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    classes = np.arange(6) % 10
+    images, maps = digit_scenes(digits, classes, num_scenes=5, seed=3)
+    again_images, again_maps = digit_scenes(digits, classes, num_scenes=5, seed=3)
+    assert images.shape == maps.shape == (5, 56, 56)
+    np.testing.assert_array_equal(images, again_images)
+    np.testing.assert_array_equal(maps, again_maps)
+    assert (maps[images < 128] == 0).all()  # dim pixels are background
+    assert (maps[images >= 128] >= 1).all() and maps.max() <= 10  # strokes carry a digit class + 1
+
+
+def test_label_map_errors_name_the_row_and_value():
+    with pytest.raises(ValueError, match=r"row 7 .*4x3.*image 5x3"):
+        check_label_map(np.zeros((3, 4), dtype=np.int64), (3, 5), num_labels=2, row=7)
+    bad = np.zeros((3, 4), dtype=np.int64)
+    bad[1, 1] = 9
+    with pytest.raises(ValueError, match=r"row 2 holds class id\(s\) \[9\] outside \[0, 3\)"):
+        check_label_map(bad, (3, 4), num_labels=3, row=2)
+    bad[1, 1] = IGNORE_INDEX
+    check_label_map(bad, (3, 4), num_labels=3, row=2)  # the ignore index is allowed
+
+
+def test_reduce_labels_ignores_zero_and_shifts():
+    np.testing.assert_array_equal(reduce_label_ids(np.array([0, 1, 5, 255])), [255, 0, 4, 255])
+
+
+def test_paired_transform_keeps_image_and_map_aligned():
+    # a map that equals the image's pixel values: after resize (nearest), crop and flip they must still agree
+    image = np.zeros((20, 24), dtype=np.uint8)
+    image[:, 12:] = 1
+    image[5:9, 3:7] = 2
+    transform = PairedTrainTransform((16, 16), mean=(0.0,), std=(1.0 / 255,), ratio_range=(0.5, 2.0), hflip=True)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        pixels, labels = transform(Image.fromarray(image), image.astype(np.int64))
+        assert pixels.shape == (1, 16, 16) and labels.shape == (16, 16)
+        valid = labels != IGNORE_INDEX  # padding: image 0, map ignored
+        # bilinear image vs nearest map agree away from edges: compare only where the image is a class value
+        exact = valid & torch.isclose(pixels[0], pixels[0].round())
+        assert (pixels[0][exact].round().long() == labels[exact]).float().mean() > 0.9
+        assert (pixels[0][~valid] == 0).all()
+
+
+def test_segmentation_data_finds_ade20k_and_transformers_layouts(tmp_path):
+    maps = [np.array([[0, 1], [1, 0]], dtype=np.uint8)] * 2
+    images = [Image.fromarray(np.full((2, 2), 100, dtype=np.uint8))] * 2
+    for columns, features in (
+            (("image", "annotation"), {"image": datasets.Image(), "annotation": datasets.Image(),
+                                       "scene_category": datasets.ClassLabel(names=["a", "b"])}),
+            (("pixel_values", "label"), {"pixel_values": datasets.Image(), "label": datasets.Image()})):
+        rows = {columns[0]: images, columns[1]: [Image.fromarray(m) for m in maps]}
+        if "scene_category" in features:
+            rows["scene_category"] = [0, 1]
+        folder = tmp_path / columns[1]
+        datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=datasets.Features(features))
+                              for split in ("train", "validation")}).save_to_disk(str(folder))
+        data = load_segmentation_datasets(dataset_name=str(folder))
+        assert data.train.column_names == ["image", "label"]
+        np.testing.assert_array_equal(np.asarray(data.evaluation[0]["label"]), maps[0])
+
+
+def test_transform_fn_names_the_bad_row():
+    rows = {"image": [Image.new("L", (4, 4)), Image.new("L", (4, 4))],
+            "label": [np.zeros((4, 4), np.uint8), np.full((4, 4), 7, np.uint8)]}
+    fn = SegmentationTransformFn(lambda image, labels: (torch.zeros(1), torch.from_numpy(labels)), num_channels=1,
+                                 num_labels=3)
+    with pytest.raises(ValueError, match=r"row 11 holds class id\(s\) \[7\]"):
+        fn(rows, [10, 11])
+
+
+def test_collate_pads_maps_with_the_ignore_index():
+    items = [{"pixel_values": torch.ones(1, 3, 5), "labels": torch.zeros(3, 5, dtype=torch.long)},
+             {"pixel_values": None, "labels": None}]
+    batch = collate_segmentation(items, pad_to_multiple=4)
+    assert batch["pixel_values"].shape == (1, 1, 4, 8)
+    assert (batch["labels"][0, 3:] == IGNORE_INDEX).all() and (batch["labels"][0, :3, :5] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------ metric and schedule
+
+
+def test_mean_iou_metric_against_a_hand_computed_case():
+    import evaluate
+
+    predictions = [np.array([[0, 1, 1], [2, 2, 0]])]
+    references = [np.array([[0, 1, 0], [2, 255, 1]])]
+    # labelled pixels (ref, pred): (0,0) (1,1) (0,1) (2,2) (1,0); class 0: TP 1, FP 1, FN 1 -> 1/3;
+    # class 1: TP 1, FP 1, FN 1 -> 1/3; class 2: TP 1 -> 1; class 3 absent everywhere -> None
+    metric = evaluate.load(MEAN_IOU_PATH, keep_in_memory=True)
+    result = metric.compute(predictions=predictions, references=references, num_labels=4)
+    assert result["per_class_iou"][:3] == pytest.approx([100 / 3, 100 / 3, 100.0])
+    assert result["per_class_iou"][3] is None
+    assert result["mean_iou"] == pytest.approx((100 / 3 + 100 / 3 + 100) / 3)
+    assert result["pixel_accuracy"] == pytest.approx(60.0)
+    assert scores_from_confusion(confusion_matrix(predictions[0], references[0], 4)) == result
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(np.array([5]), np.array([0]), 4)
+
+
+def test_poly_schedule_warms_up_then_decays_linearly():
+    assert poly_lr_at_step(5, 110, 10, 1.0) == pytest.approx(0.5)
+    assert poly_lr_at_step(10, 110, 10, 1.0) == pytest.approx(1.0)
+    assert poly_lr_at_step(60, 110, 10, 1.0) == pytest.approx(0.5)
+    assert poly_lr_at_step(110, 110, 10, 1.0, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_default_out_indices_match_mmsegmentation_for_vit_b():
+    assert default_out_indices(12) == [4, 6, 8, 12]
+    assert default_out_indices(6) == [2, 3, 4, 6]
+
+
+def test_sliding_window_covers_every_pixel_once_averaged():
+    class Echo(torch.nn.Module):  # logits = the input's first channel: averaging windows must give it back
+        def forward(self, pixel_values):
+            return type("Out", (), {"logits": pixel_values[:, :1].repeat(1, 2, 1, 1)})()
+
+    pixels = torch.randn(1, 1, 20, 28)
+    logits = slide_logits(Echo(), pixels, 2, window=(8, 8), stride=(5, 5))
+    torch.testing.assert_close(logits[:, 0], pixels[:, 0])
+
+
+# ------------------------------------------------------------------------------------------ the program
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny pretraining folder, tiny digit scenes, and one short segmentation run on them."""
+    from hf_mae.cli.segment import cli
+
+    root = tmp_path_factory.mktemp("segment")
+    torch.manual_seed(0)
+    config = tiny_config(num_channels=1, image_size=28, num_hidden_layers=4)
+    MAEForPreTraining(config).save_pretrained(root / "pretrain")
+    MAEImageProcessor.for_config(config, crop_pct=1.0).save_pretrained(root / "pretrain")
+    scenes = {"train": digit_scenes(*_digits(0), 24, seed=0), "validation": digit_scenes(*_digits(1), 6, seed=1)}
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        {"image": list(images), "annotation": list(maps)}, features=features)
+        for split, (images, maps) in scenes.items()}).save_to_disk(str(root / "scenes"))
+    common = ["--model", str(root / "pretrain"), "--dataset_name", str(root / "scenes"), "--num_labels", "11",
+              "--crop_size", "32", "--per_device_batch_size", "4", "--max_train_steps", "6", "--warmup_steps", "2",
+              "--head_hidden_size", "16", "--num_workers", "0", "--mixed_precision", "no", "--eval_mode", "whole"]
+    results = cli([*common, "--output_dir", str(root / "out")])
+    return root, common, results
+
+
+def _digits(seed):
+    rng = np.random.default_rng(seed)
+    digits = np.zeros((10, 28, 28), dtype=np.uint8)
+    for i in range(10):
+        digits[i, 4 + i:12 + i, 6:22] = rng.integers(128, 256)
+    return digits, np.arange(10)
+
+
+def test_results_json_holds_the_contract_keys(tiny_run):
+    root, _, results = tiny_run
+    saved = json.loads((root / "out" / "results.json").read_text())
+    for key in ("mean_iou", "pixel_accuracy", "per_class_iou"):
+        assert key in saved
+    assert 0 <= saved["mean_iou"] <= 100 and 0 <= saved["pixel_accuracy"] <= 100
+    assert saved["mean_iou"] == results["mean_iou"]
+    assert len(saved["per_class_iou"]) == 11
+    assert (root / "out" / "segmentation_examples.png").is_file()
+
+
+def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run):
+    from transformers import AutoModelForSemanticSegmentation, pipeline
+
+    root, _, _ = tiny_run
+    model = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
+    assert type(model).__name__ == "UperNetForSemanticSegmentation"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8))
+    segmenter = pipeline("image-segmentation", model=str(root / "out"))
+    masks = segmenter(image)
+    assert masks and all(m["mask"].size == image.size for m in masks)
+    assert {m["label"] for m in masks} <= set(model.config.id2label.values())
+    total = sum(np.asarray(m["mask"]) > 0 for m in masks)
+    assert (total == 1).all()  # per-class masks cover every pixel exactly once
+
+
+def test_saved_model_predicts_like_the_trained_one(tiny_run):
+    from transformers import AutoModelForSemanticSegmentation
+
+    root, _, _ = tiny_run
+    model = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
+    again = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
+    pixels = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixels).logits, again(pixel_values=pixels).logits)
+    pos = model.backbone.encoder.embeddings.position_embeddings if hasattr(
+        model.backbone.encoder, "embeddings") else None
+    assert pos is None or torch.isfinite(pos).all()
+
+
+def test_bad_label_ids_stop_the_program_with_the_row(tiny_run, capsys):
+    from hf_mae.cli.segment import cli
+
+    root, common, _ = tiny_run
+    args = [a if a != "11" else "3" for a in common]  # 3 classes: the scenes' digit ids 3-10 are out of range
+    with pytest.raises(SystemExit):
+        cli([*args, "--output_dir", str(root / "bad")])
+    assert "outside [0, 3)" in capsys.readouterr().err
+
+
+def test_resume_continues_exactly(tiny_run):
+    from hf_mae.cli.segment import cli
+
+    root, common, _ = tiny_run
+    straight = cli([*common, "--output_dir", str(root / "straight"), "--checkpointing_steps", "3", "--seed", "1"])
+    ckpt = sorted((root / "straight" / "checkpoints").glob("checkpoint-3*"))
+    assert ckpt, list((root / "straight" / "checkpoints").iterdir())
+    resumed = cli([*common, "--output_dir", str(root / "resumed"), "--seed", "1",
+                   "--resume_from_checkpoint", str(ckpt[0])])
+    assert resumed["mean_iou"] == pytest.approx(straight["mean_iou"], abs=1e-6)
+    assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-6)  # the same weights at the end
