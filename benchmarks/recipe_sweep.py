@@ -19,9 +19,10 @@ import torch
 from accelerate import Accelerator
 
 from hf_mae import MAEModel
+from hf_mae.cli.arguments import RECIPE_DEFAULTS
 from hf_mae.data.sources import load_image_datasets
 from hf_mae.evaluation.features import Features, eval_dataloader, extract_pooled_features
-from hf_mae.evaluation.probe import PROBE_EMBEDDED_DEFAULTS, fit_and_score_probe
+from hf_mae.evaluation.probe import fit_and_score_probe
 from hf_mae.models.mae.image_processing_mae import MAEImageProcessor
 
 PRETRAIN = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
@@ -47,7 +48,7 @@ def validation_probe(encoder_dir: Path, seed: int = 0) -> dict:
             held = torch.zeros(len(y), dtype=torch.bool)
             held[fold * len(y) // FOLDS:(fold + 1) * len(y) // FOLDS] = True
             top1 = fit_and_score_probe(Features(x[~held], y[~held], 0), Features(x[held], y[held], 0), 10,
-                                       PROBE_EMBEDDED_DEFAULTS, seed)
+                                       RECIPE_DEFAULTS["linear_probe"]["embedded"], seed)
             correct += top1 * int(held.sum()) / 100
         out[f"val_probe_top1_{pooling}"] = round(100 * correct / len(y), 2)
     return out

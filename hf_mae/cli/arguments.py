@@ -8,11 +8,15 @@ import argparse
 import math
 import os
 import sys
+from typing import NamedTuple
 
 from ..data.sources import load_image_datasets
 from ..evaluation.classifier import DEFAULT_MODEL
+from ..evaluation.features import Features, extract_split_features
 from ..evaluation.splits import labelled_splits, limit_samples
 from ..training.checkpointing import CheckpointError
+from ..training.loop import LoopConfig
+from ..training.run import RunConfig
 
 # --------------------------------------------------------------------------------------------------------
 # Flag types: bad values are refused at parse time with the flag's name (argparse adds it)
@@ -74,10 +78,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, output_dir: str, mixed
                       training: bool = True) -> argparse._ArgumentGroup:
     """The flags every program takes (`training`: also logging, trackers, checkpoints and resume)."""
     run = parser.add_argument_group("outputs, logging and run")
-    run.add_argument("--output_dir", default=output_dir, help=f"where outputs go (default {output_dir})")
-    run.add_argument("--overwrite_output_dir", action="store_true",
-                     help="replace the outputs of a finished run or of another program in --output_dir (its "
-                          "checkpoints and logs are removed first; other files are left alone)")
+    add_output_dir_arguments(run, default=output_dir, help=f"where outputs go (default {output_dir})",
+                             overwrite_help="replace the outputs of a finished run or of another program in "
+                                            "--output_dir (its checkpoints and logs are removed first; other files "
+                                            "are left alone)")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     run.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=mixed_precision,
                      help=f"autocast (default {mixed_precision}; auto: bf16 where the hardware computes it fast, "
@@ -105,6 +109,47 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, output_dir: str, mixed
     return run
 
 
+def add_output_dir_arguments(group, *, help: str, overwrite_help: str, default: str | None = None,
+                             required: bool = False, short_names: bool = False) -> None:
+    """--output_dir and --overwrite_output_dir (`short_names`: --output / --overwrite first, the values stored as
+    `output` / `overwrite`)."""
+    output, overwrite = (("--output",), ("--overwrite",)) if short_names else ((), ())
+    group.add_argument(*output, "--output_dir", default=default, required=required, help=help)
+    group.add_argument(*overwrite, "--overwrite_output_dir", action="store_true", help=overwrite_help)
+
+
+def add_model_argument(group, *, help: str, default: str | None = None, required: bool = False,
+                       aliases: tuple[str, ...] = ("--model_name_or_path",)) -> None:
+    """--model: the checkpoint a program reads (a local folder or a Hub id)."""
+    group.add_argument("--model", *aliases, default=default, required=required, help=help)
+
+
+def add_attn_implementation_argument(group, *, help: str, default: str | None = None,
+                                     choices: list[str] | None = None) -> None:
+    group.add_argument("--attn_implementation", default=default, choices=choices, help=help)
+
+
+def add_eval_batch_size_argument(group, help: str = "images per device for feature extraction and evaluation"):
+    group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256, help=help)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run start-up settings from the flags of `add_run_arguments`; every flag is recorded as a setting."""
+    return RunConfig(output_dir=args.output_dir, seed=args.seed, mixed_precision=args.mixed_precision,
+                     overwrite_output_dir=args.overwrite_output_dir,
+                     resume=bool(getattr(args, "resume_from_checkpoint", None)),
+                     report_to=getattr(args, "report_to", None), cpu_threads=args.cpu_threads,
+                     settings=dict(vars(args)))
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    """The training loop's policies from the flags of `add_run_arguments(training=True)`."""
+    every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+    return LoopConfig(logging_steps=args.logging_steps, checkpoint_every=every,
+                      checkpoints_total_limit=args.checkpoints_total_limit,
+                      max_nonfinite_steps=args.max_nonfinite_steps)
+
+
 def add_push_arguments(group, what: str, repo_note: str | None = None) -> None:
     """--push_to_hub / --hub_model_id / --hub_private."""
     group.add_argument("--push_to_hub", action="store_true", help=f"push {what} at the end")
@@ -118,15 +163,142 @@ def check_push_arguments(args) -> None:
         raise SystemExit("--push_to_hub needs --hub_model_id")
 
 
+# --------------------------------------------------------------------------------------------------------
+# The recipe: its flags, declared once, and the defaults of each program on the embedded data and elsewhere
+# --------------------------------------------------------------------------------------------------------
+
+_RECIPE_FLAGS = {  # flag -> (option strings, type; None for a switch)
+    "epochs": (("--epochs", "--num_train_epochs"), positive_int),
+    "max_train_steps": (("--max_train_steps", "--max_steps"), positive_int),
+    "per_device_batch_size": (("--per_device_batch_size", "--per_device_train_batch_size"), positive_int),
+    "gradient_accumulation_steps": (("--gradient_accumulation_steps",), positive_int),
+    "blr": (("--blr", "--base_learning_rate"), positive_float),
+    "lr": (("--lr", "--learning_rate"), positive_float),
+    "min_lr": (("--min_lr",), nonnegative_float),
+    "warmup_epochs": (("--warmup_epochs",), nonnegative_float),
+    "warmup_steps": (("--warmup_steps",), nonnegative_int),
+    "warmup_ratio": (("--warmup_ratio",), unit_fraction),
+    "weight_decay": (("--weight_decay",), nonnegative_float),
+    "max_grad_norm": (("--max_grad_norm",), positive_float),
+    "crop_min_scale": (("--crop_min_scale",), scale_fraction),
+    "no_hflip": (("--no_hflip",), None),
+}
+
+
+class _Flag(NamedTuple):
+    help: str
+    default: object = None  # None: the program's RECIPE_DEFAULTS value for the data in use
+    type: object = None  # the program's own type, in place of the shared one
+
+
+_WARMUP_RATIO = "warmup as a fraction of all optimizer steps (overrides --warmup_epochs)"
+_CLIP = "clip gradients (official: off)"
+_ACCUMULATION = "effective batch = per_device_batch_size x processes x this"
+
+RECIPE_FLAGS = {  # program -> the recipe flags it takes, with its help text and fixed defaults
+    "pretrain": {
+        "epochs": _Flag("training epochs (embedded: 75, else 800)"),
+        "max_train_steps": _Flag("stop after this many optimizer steps (overrides --epochs; needed for streaming)"),
+        "per_device_batch_size": _Flag("images per device per step (embedded and paper: 64)"),
+        "gradient_accumulation_steps": _Flag(_ACCUMULATION, 1),
+        "blr": _Flag("base learning rate: lr = blr * effective_batch / 256 (paper 1.5e-4; embedded 3e-3)"),
+        "lr": _Flag("absolute learning rate (overrides --blr)"),
+        "min_lr": _Flag("cosine floor", 0.0),
+        "warmup_epochs": _Flag("linear warmup in epochs (paper 40; embedded 5)"),
+        "warmup_steps": _Flag("warmup in optimizer steps (overrides --warmup_epochs)"),
+        "warmup_ratio": _Flag(_WARMUP_RATIO),
+        "weight_decay": _Flag("AdamW weight decay (0.05)", 0.05),
+        "max_grad_norm": _Flag(_CLIP),
+        "crop_min_scale": _Flag("RandomResizedCrop scale lower bound, in (0, 1]; 1 keeps the whole image (paper "
+                                "0.2; embedded 1)"),
+        "no_hflip": _Flag("disable the random horizontal flip"),
+    },
+    "finetune": {
+        "epochs": _Flag("official 100 (ViT-B); embedded 30"),
+        "per_device_batch_size": _Flag("images per device per step (official 64 x 16 GPUs; embedded 128)"),
+        "gradient_accumulation_steps": _Flag(f"{_ACCUMULATION} (official 1024)", 1),
+        "blr": _Flag("base lr: lr = blr x effective_batch / 256 (official 5e-4; embedded 2e-3)"),
+        "lr": _Flag("absolute lr (overrides --blr)"),
+        "min_lr": _Flag("cosine floor (official 1e-6)", 1e-6),
+        "warmup_epochs": _Flag("linear warmup epochs (official 5; embedded 2)"),
+        "warmup_ratio": _Flag(_WARMUP_RATIO),
+        "weight_decay": _Flag("AdamW weight decay (0.05)", 0.05),
+        "crop_min_scale": _Flag("RandomResizedCrop scale lower bound (official 0.08; embedded 0.35)"),
+        "max_grad_norm": _Flag(_CLIP),
+    },
+    "linear_probe": {
+        "epochs": _Flag("head training epochs (default 90; 0 evaluates a saved probe given as --model)",
+                        type=nonnegative_int),
+        "per_device_batch_size": _Flag("images per device per step (embedded default 256, else 512)"),
+        "gradient_accumulation_steps": _Flag(f"{_ACCUMULATION} (official 16384); in the fast mode the head takes "
+                                             "one step on an effective batch of cached features", 1),
+        "blr": _Flag("base lr: lr = blr x effective_batch / 256 (official 0.1; embedded default 10: 4,000 images "
+                     "give LARS ~300x less lr x steps than ImageNet's 1.28M)"),
+        "lr": _Flag("absolute lr (overrides --blr)"),
+        "min_lr": _Flag("cosine floor", 0.0),
+        "warmup_epochs": _Flag("linear warmup epochs (default 10)"),
+        "weight_decay": _Flag("LARS weight decay (official 0)", 0.0),
+        "crop_min_scale": _Flag("--augment: RandomResizedCrop scale lower bound (official 0.08)", 0.08),
+        "no_hflip": _Flag("--augment: no horizontal flip"),
+    },
+}
+
+# What a flag left unset takes, by program and by the data in use: "embedded" (no data flag: the embedded default
+# digits) or "paper" (any named dataset: the paper's recipe).
+# - pretrain, embedded: chosen by the recipe sweep on validation folds of the training digits (docs): batch 64
+#   doubles the steps of batch 128 at nearly the same cost per epoch, mask 0.6 lifts CLS features, whole digits
+#   (crop scale 1) and plain pixel targets (per-patch normalisation stretches a digit's faint edge patches to
+#   full contrast) lift both poolings, and 75 epochs take ~7.5 minutes on 2 cores. preset, mask_ratio and
+#   norm_pix_loss belong to the model: a --model_config or --init_from model keeps its own.
+# - finetune, embedded: 4,000 28x28 digits, sized for a few minutes on 2 cores (BENCHMARKS.md); paper: ViT-B.
+# - linear_probe (also the pretraining monitor's probe): on 4,000 digits LARS needs a far larger base lr than on
+#   ImageNet (BENCHMARKS.md).
+RECIPE_DEFAULTS = {
+    "pretrain": {
+        "embedded": {"preset": "mae-vit-mnist-patch4", "mask_ratio": 0.6, "norm_pix_loss": False, "epochs": 75,
+                     "warmup_epochs": 5, "blr": 3e-3, "per_device_batch_size": 64, "crop_min_scale": 1.0},
+        "paper": {"preset": "mae-vit-base-patch16", "epochs": 800, "warmup_epochs": 40, "blr": 1.5e-4,
+                  "per_device_batch_size": 64, "crop_min_scale": 0.2},
+    },
+    "finetune": {
+        "embedded": {"epochs": 30, "blr": 2e-3, "warmup_epochs": 2, "per_device_batch_size": 128,
+                     "layer_decay": 0.75, "drop_path": 0.1, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1,
+                     "crop_min_scale": 0.35, "hflip": False, "aa": "none", "reprob": 0.0},
+        "paper": {"epochs": 100, "blr": 5e-4, "warmup_epochs": 5, "per_device_batch_size": 64,
+                  "layer_decay": 0.65, "drop_path": 0.1, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1,
+                  "crop_min_scale": 0.08, "hflip": True, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25},
+    },
+    "linear_probe": {
+        "embedded": {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256},
+        "paper": {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512},
+    },
+}
+
+
+def add_recipe_arguments(group, program: str) -> None:
+    """The recipe flags `program` takes (RECIPE_FLAGS), with its help text and fixed defaults."""
+    for name, flag in RECIPE_FLAGS[program].items():
+        names, kind = _RECIPE_FLAGS[name]
+        if kind is None:
+            group.add_argument(*names, action="store_true", help=flag.help)
+        else:
+            group.add_argument(*names, type=flag.type or kind, default=flag.default, help=flag.help)
+
+
 def is_embedded(args: argparse.Namespace) -> bool:
     """True when no data flag was given (the embedded default data is used)."""
     return not (args.dataset_name or args.train_dir or args.data_files)
 
 
-def apply_defaults(args: argparse.Namespace, embedded: dict, paper: dict) -> argparse.Namespace:
-    """Flags left unset (None) take the embedded-data values or the paper's, by the data in use."""
-    for name, value in (embedded if is_embedded(args) else paper).items():
-        if getattr(args, name, None) is None:
+def recipe_of(args: argparse.Namespace) -> str:
+    """"embedded" or "paper": which column of RECIPE_DEFAULTS the data in use selects."""
+    return "embedded" if is_embedded(args) else "paper"
+
+
+def apply_defaults(args: argparse.Namespace, program: str, skip: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Flags left unset (None) take `program`'s RECIPE_DEFAULTS for the data in use (those in `skip` stay unset)."""
+    for name, value in RECIPE_DEFAULTS[program][recipe_of(args)].items():
+        if name not in skip and getattr(args, name, None) is None:
             setattr(args, name, value)
     return args
 
@@ -156,7 +328,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, pooling_default: str,
                         raw_pixels: bool = True) -> argparse._ArgumentGroup:
     """--model, --pooling, --random_init (and --raw_pixels): what the evaluation programs evaluate."""
     model = parser.add_argument_group("model")
-    model.add_argument("--model", "--model_name_or_path", default=DEFAULT_MODEL,
+    add_model_argument(model, default=DEFAULT_MODEL,
                        help="hf_mae checkpoint: a local folder or Hub id holding an encoder (MAEModel), a full "
                             "pretraining model (MAEForPreTraining) or a classifier (default: outputs/pretrain)")
     model.add_argument("--pooling", choices=["cls", "mean"], default=pooling_default,
@@ -176,8 +348,7 @@ def add_sample_arguments(group) -> None:
                        help="random subset of the training split")
     group.add_argument("--max_eval_samples", type=positive_int, default=None,
                        help="random subset of the held-out split")
-    group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
-                       help="images per device for feature extraction and evaluation")
+    add_eval_batch_size_argument(group)
 
 
 def dataset_name(args):
@@ -189,7 +360,8 @@ def dataset_name(args):
 def prepare_data(args):
     """(train, eval, info, num_labels, id2label, label2id) from the data flags, checked and limited."""
     train_data, eval_data, info = load_datasets_from_args(args)
-    num_labels, id2label, label2id = labelled_splits(train_data, eval_data, info, args)
+    num_labels, id2label, label2id = labelled_splits(train_data, eval_data, info, eval_split=args.eval_split,
+                                                     label_column=args.label_column)
     train_data = limit_samples(train_data, args.max_train_samples, args.seed)
     eval_data = limit_samples(eval_data, args.max_eval_samples, args.seed)
     return train_data, eval_data, info, num_labels, id2label, label2id
@@ -225,6 +397,13 @@ def dataloader_workers(args: argparse.Namespace) -> int:
     if getattr(args, "num_workers", None) is not None:
         return args.num_workers
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def split_features(accelerator, encoder, dataset, processor, args: argparse.Namespace, desc: str) -> Features:
+    """`extract_split_features` with the evaluation programs' flags (batch size, workers, pooling, baseline)."""
+    return extract_split_features(accelerator, encoder, dataset, processor, batch_size=args.eval_batch_size,
+                                  num_workers=dataloader_workers(args), pooling=args.pooling,
+                                  raw_pixels=args.raw_pixels, strict=args.strict_images, desc=desc)
 
 
 def load_datasets_from_args(args: argparse.Namespace):

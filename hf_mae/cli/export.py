@@ -43,7 +43,14 @@ import argparse
 
 from ..models.mae.image_processing_mae import check_processor_matches
 from ..training.output_dir import check_output_dir, mark_finished, take_output_dir
-from .arguments import nonnegative_float, nonnegative_int, positive_int
+from .arguments import (
+    add_attn_implementation_argument,
+    add_model_argument,
+    add_output_dir_arguments,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
 
 try:  # the opsets torch writes (checked at parse time)
     from torch.onnx import _constants as _onnx_constants
@@ -72,20 +79,20 @@ def _opset(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="hf_mae encoder (AutoModel) or classifier (AutoModelForImageClassification): a "
-                             "save_pretrained folder or a Hub id. Not a pretraining model: give <folder>/encoder")
+    add_model_argument(parser, required=True, aliases=(),
+                       help="hf_mae encoder (AutoModel) or classifier (AutoModelForImageClassification): a "
+                            "save_pretrained folder or a Hub id. Not a pretraining model: give <folder>/encoder")
     parser.add_argument("--format", nargs="+", default=["onnx"], choices=[*FORMATS, "all"], metavar="FORMAT",
                         help="one or more of: onnx (model.onnx), int8 (model_int8.onnx, dynamic quantization of the "
                              "Linear layers), export (torch.export program model.pt2), torchscript (trace model.pt), "
                              "all (default: onnx)")
-    parser.add_argument("--output", "--output_dir", dest="output", default="outputs/export",
-                        help="output folder for the files, preprocessor_config.json and export_info.json "
-                             "(default: outputs/export). Never the --model folder; a folder that holds a finished "
-                             "export or another program's outputs is refused unless --overwrite")
-    parser.add_argument("--overwrite", "--overwrite_output_dir", dest="overwrite", action="store_true",
-                        help="export into a folder that already holds outputs: hf_mae's own files there (an earlier "
-                             "export, a run's checkpoints and logs) are removed first, nothing else")
+    add_output_dir_arguments(
+        parser, short_names=True, default="outputs/export",
+        help="output folder for the files, preprocessor_config.json and export_info.json (default: outputs/export). "
+             "Never the --model folder; a folder that holds a finished export or another program's outputs is "
+             "refused unless --overwrite",
+        overwrite_help="export into a folder that already holds outputs: hf_mae's own files there (an earlier "
+                       "export, a run's checkpoints and logs) are removed first, nothing else")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--onnx_exporter", choices=["legacy", "dynamo"], default="legacy",
@@ -96,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8_keep_fp32", nargs="+", default=[], metavar="NAME",
                         help="int8: leave the Linear layers whose ONNX node name contains NAME in fp32, e.g. mlp/fc2 "
                              "(default: quantize every Linear layer)")
-    parser.add_argument("--attn_implementation", choices=["sdpa", "eager"], default="sdpa",
-                        help="attention kernel traced into the graph (default sdpa; both export and give the "
-                             "same numbers)")
+    add_attn_implementation_argument(parser, choices=["sdpa", "eager"], default="sdpa",
+                                     help="attention kernel traced into the graph (default sdpa; both export and "
+                                          "give the same numbers)")
     parser.add_argument("--atol", type=nonnegative_float, default=DEFAULT_ATOL,
                         help=f"largest allowed |exported - PyTorch| for the fp32 formats (default {DEFAULT_ATOL:g})")
     parser.add_argument("--rtol", type=nonnegative_float, default=0.0,

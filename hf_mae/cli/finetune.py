@@ -7,7 +7,7 @@ lr = blr x effective_batch / 256 (batch 1024), 5 warmup epochs then cosine to 1e
 RandAugment rand-m9-mstd0.5-inc1 and random erasing 0.25 (`hf_mae.augment`): 83.6% top-1 on ImageNet.
 
 With no data flag it fine-tunes on the embedded default data with defaults sized for a few minutes on 2 CPU
-cores (see EMBEDDED_DEFAULTS); any other dataset gets the official values. Evaluation on the held-out split
+cores (cli/arguments.py RECIPE_DEFAULTS); any other dataset gets the official values. Evaluation on the held-out split
 after every epoch; the best epoch's model is kept in `<output_dir>/best`, the final one in `<output_dir>`
 (both `AutoModelForImageClassification`-loadable, with the processor), `results.json` holds the best and
 final top-1 / top-5 and the settings. `--random_init` trains the same architecture from scratch with the
@@ -40,31 +40,24 @@ from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import build_adamw, param_groups_layer_decay, scaled_lr
 from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
+    add_attn_implementation_argument,
     add_data_arguments,
     add_model_arguments,
+    add_recipe_arguments,
     add_run_arguments,
     add_sample_arguments,
     apply_defaults,
     dataloader_workers,
     dataset_name,
+    loop_config,
     nonnegative_float,
     open_fraction,
-    positive_float,
-    positive_int,
     prepare_data,
     run_cli,
+    run_config,
     scale_fraction,
     unit_fraction,
 )
-
-# Unset flags take these values on the embedded default data (4,000 28x28 digits; timings in BENCHMARKS.md) or
-# the official ViT-B values elsewhere.
-EMBEDDED_DEFAULTS = {"epochs": 30, "blr": 2e-3, "warmup_epochs": 2, "per_device_batch_size": 128,
-                     "layer_decay": 0.75, "drop_path": 0.1, "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1,
-                     "crop_min_scale": 0.35, "hflip": False, "aa": "none", "reprob": 0.0}
-PAPER_DEFAULTS = {"epochs": 100, "blr": 5e-4, "warmup_epochs": 5, "per_device_batch_size": 64,
-                  "layer_decay": 0.65, "drop_path": 0.1, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1,
-                  "crop_min_scale": 0.08, "hflip": True, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.25}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,25 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--reinit_head", action="store_true",
                        help="when --model is already a fine-tuned classifier: start a new head (needed when its "
                             "classes differ from the data's)")
-    model.add_argument("--attn_implementation", default=None,
-                       help="sdpa or eager (default: eager on CPU, where it trains several times faster; else sdpa)")
+    add_attn_implementation_argument(
+        model, help="sdpa or eager (default: eager on CPU, where it trains several times faster; else sdpa)")
     recipe = parser.add_argument_group("recipe (unset: official ViT-B values, or the embedded-data defaults)")
-    recipe.add_argument("--epochs", "--num_train_epochs", type=positive_int, default=None,
-                        help="official 100 (ViT-B); embedded 30")
-    recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
-                        help="images per device per step (official 64 x 16 GPUs; embedded 128)")
-    recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
-                        help="effective batch = per_device_batch_size x processes x this (official 1024)")
-    recipe.add_argument("--blr", "--base_learning_rate", type=positive_float, default=None,
-                        help="base lr: lr = blr x effective_batch / 256 (official 5e-4; embedded 2e-3)")
-    recipe.add_argument("--lr", "--learning_rate", type=positive_float, default=None,
-                        help="absolute lr (overrides --blr)")
-    recipe.add_argument("--min_lr", type=nonnegative_float, default=1e-6, help="cosine floor (official 1e-6)")
-    recipe.add_argument("--warmup_epochs", type=nonnegative_float, default=None,
-                        help="linear warmup epochs (official 5; embedded 2)")
-    recipe.add_argument("--warmup_ratio", type=unit_fraction, default=None,
-                        help="warmup as a fraction of all optimizer steps (overrides --warmup_epochs)")
-    recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.05, help="AdamW weight decay (0.05)")
+    add_recipe_arguments(recipe, "finetune")
     recipe.add_argument("--layer_decay", type=scale_fraction, default=None,
                         help="layer-wise lr decay: block i gets decay^(depth - i) (official 0.65 ViT-B, 0.75 "
                              "ViT-L; embedded 0.75)")
@@ -105,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--mixup_switch_prob", type=unit_fraction, default=0.5,
                         help="probability of cutmix over mixup")
     recipe.add_argument("--smoothing", type=open_fraction, default=None, help="label smoothing (official 0.1)")
-    recipe.add_argument("--crop_min_scale", type=scale_fraction, default=None,
-                        help="RandomResizedCrop scale lower bound (official 0.08; embedded 0.35)")
     recipe.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                         help="random horizontal flip (official on; embedded off: digits are not symmetric)")
     recipe.add_argument("--aa", default=None,
@@ -114,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "embedded none)")
     recipe.add_argument("--reprob", type=unit_fraction, default=None,
                         help="random erasing probability (official 0.25; embedded 0)")
-    recipe.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (official: off)")
     run = add_run_arguments(parser, output_dir="outputs/finetune")
     add_sample_arguments(run)
     return parser
@@ -125,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.raw_pixels = False
     if args.streaming:
         raise SystemExit("fine-tuning runs epochs over a map-style dataset: drop --streaming")
-    args = apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
+    args = apply_defaults(args, "finetune")
     try:  # bad values fail here, before any data or model is loaded
         RandAugment.from_string(args.aa)
         RandomErasing(args.reprob)
@@ -134,13 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Fine-tune; returns the results dict (also in `<output_dir>/results.json`)."""
-    wall_start = time.time()
-    accelerator, run_log, out_dir = start_run(args, "fine-tuning", inputs=(args.model,), save_args=True,
-                                              gradient_accumulation_steps=args.gradient_accumulation_steps)
-    read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
-    train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
+def load_model(args, accelerator, num_labels: int, id2label: dict, label2id: dict):
+    """(classifier with a fine-tune head, processor, what it was loaded from, attention implementation)."""
     overrides = {"drop_path_rate": args.drop_path}
     # CPU training: plain matmul + softmax attention (SDPA's CPU backward is several times slower: BENCHMARKS.md)
     attn = args.attn_implementation or ("eager" if accelerator.device.type == "cpu" else None)
@@ -150,8 +120,11 @@ def main(args: argparse.Namespace) -> dict:
         args.model, classifier_head="finetune", num_labels=num_labels, id2label=id2label, label2id=label2id,
         pooling=args.pooling, random_init=args.random_init, reinit_head=args.reinit_head, **overrides)
     model.encoder.norm.requires_grad_(False)  # the fine-tune head pools pre-norm tokens: the final norm is unused
-    config = model.config
+    return model, processor, note, attn
 
+
+def loaders(args, accelerator, config, processor, train_data, eval_data):
+    """(train loader, held-out loader, the train transform fn, the train transform)."""
     transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=args.hflip,
                                mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels,
                                augment=RandAugment.from_string(args.aa),
@@ -162,29 +135,43 @@ def main(args: argparse.Namespace) -> dict:
     train_loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, workers, args.seed,
                                     pin_memory=accelerator.device.type == "cuda")
     eval_loader = eval_dataloader(eval_data, processor, args.eval_batch_size, workers, strict=args.strict_images)
+    return train_loader, eval_loader, train_fn, transform
 
+
+def plan(args, accelerator, train_loader, num_train: int):
+    if len(train_loader) == 0:
+        raise ValueError(f"{num_train} training images are fewer than one batch of "
+                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
+    return plan_schedule(len(train_loader), args.gradient_accumulation_steps, epochs=args.epochs,
+                         warmup_epochs=args.warmup_epochs, warmup_ratio=args.warmup_ratio)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Fine-tune; returns the results dict (also in `<output_dir>/results.json`)."""
+    wall_start = time.time()
+    accelerator, run_log, out_dir = start_run(run_config(args), "fine-tuning", inputs=(args.model,),
+                                              save_settings=True,
+                                              gradient_accumulation_steps=args.gradient_accumulation_steps)
+    read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
+    train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
+    model, processor, note, attn = load_model(args, accelerator, num_labels, id2label, label2id)
+    config = model.config
+    train_loader, eval_loader, train_fn, transform = loaders(args, accelerator, config, processor, train_data,
+                                                             eval_data)
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
     optimizer = build_adamw(param_groups_layer_decay(model, args.weight_decay, args.layer_decay), lr=lr,
                             betas=(0.9, 0.999))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
-                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
-    schedule = plan_schedule(len(train_loader), args.gradient_accumulation_steps, epochs=args.epochs,
-                             warmup_epochs=args.warmup_epochs, warmup_ratio=args.warmup_ratio)
+    schedule = plan(args, accelerator, train_loader, len(train_data))
     mixup = Mixup(args.mixup, args.cutmix, prob=args.mixup_prob, switch_prob=args.mixup_switch_prob,
-                  label_smoothing=args.smoothing, num_classes=num_labels)  # its generator: set per batch below
-    unwrapped = accelerator.unwrap_model(model)
-    loop = TrainingLoop(accelerator, model, optimizer, train_loader, schedule, lr=lr, min_lr=args.min_lr, args=args,
-                        max_grad_norm=args.max_grad_norm, checkpoints_dir=out_dir / "checkpoints",
-                        processor=processor, run_log=run_log, desc="fine-tuning",
-                        placeholder=lambda: placeholder_batch(config, accelerator.device, labels=True),
-                        bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer())
+                  label_smoothing=args.smoothing, num_classes=num_labels)  # its generator: set per batch
+    loop = TrainingLoop(accelerator, model, optimizer, train_loader, schedule, lr=lr, min_lr=args.min_lr,
+                        config=loop_config(args), max_grad_norm=args.max_grad_norm,
+                        checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
+                        desc="fine-tuning", bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer(),
+                        placeholder=lambda: placeholder_batch(config, accelerator.device, labels=True))
     state = loop.resume(args.resume_from_checkpoint)
-    history = state.get("history", [])
-    # resumed into a new folder: the best is tracked from here on
-    best = state["best"] if state and (out_dir / "best").exists() else {"top1": -1.0}
     print_banner(accelerator, run_log, "fine-tuning", {
         "model": note, "dataset": info.source, "num_train": len(train_data), "num_eval": len(eval_data),
         "num_labels": num_labels, "pooling": args.pooling, "processes": accelerator.num_processes,
@@ -196,6 +183,35 @@ def main(args: argparse.Namespace) -> dict:
         "random_erasing": args.reprob, "weight_decay": args.weight_decay,
         "mixed_precision": accelerator.mixed_precision, "attn_implementation": attn or "sdpa",
         "device": str(accelerator.device), "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
+    history, best, summary = train(args, accelerator, model, mixup, loop, state, eval_loader, processor, run_log,
+                                   out_dir)
+    final = history[-1] if history else {"top1": None, "top5": None}
+    results = {
+        "top1": final["top1"], "top5": final["top5"], "final_top1": final["top1"], "final_top5": final["top5"],
+        "best_top1": best.get("top1"), "best_top5": best.get("top5"), "best_epoch": best.get("epoch"),
+        "model": args.model, "init": "random_init" if args.random_init else "pretrained", "pooling": args.pooling,
+        "num_labels": num_labels, "num_train": len(train_data), "num_eval": len(eval_data),
+        "dataset": dataset_name(args), "data_source": info.source, "eval_split": args.eval_split,
+        **summary, "epochs": args.epochs, "effective_batch_size": effective_batch,
+        "blr": args.blr, "lr": lr, "min_lr": args.min_lr, "warmup_epochs": args.warmup_epochs,
+        "weight_decay": args.weight_decay, "layer_decay": args.layer_decay, "drop_path": args.drop_path,
+        "mixup": args.mixup, "cutmix": args.cutmix, "smoothing": args.smoothing,
+        "crop_min_scale": args.crop_min_scale, "hflip": args.hflip, "randaugment": args.aa, "reprob": args.reprob,
+        "optimizer": "AdamW (0.9, 0.999)", "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
+        "history": history, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
+    }
+    finish(args, accelerator, accelerator.unwrap_model(model), processor, results, best, out_dir)
+    return results
+
+
+def train(args, accelerator, model, mixup: Mixup, loop: TrainingLoop, state: dict, eval_loader, processor, run_log,
+          out_dir: Path) -> tuple[list[dict], dict, dict]:
+    """The epochs: mixed batches, a held-out evaluation after each epoch, the best epoch's model kept in
+    `<output_dir>/best`. Returns (one record per epoch, the best epoch, the loop's summary)."""
+    unwrapped = accelerator.unwrap_model(model)
+    history = state.get("history", [])
+    # resumed into a new folder: the best is tracked from here on
+    best = state["best"] if state and (out_dir / "best").exists() else {"top1": -1.0}
 
     def step(batch, epoch, batch_index):
         mixup.generator = seeded_generator(args.seed, epoch, batch_index, accelerator.process_index)
@@ -221,27 +237,16 @@ def main(args: argparse.Namespace) -> dict:
                           f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%" + (" (best)" if improved else ""))
 
     summary = loop.run(step, on_epoch_end=epoch_end, extra_state=lambda: {"best": best, "history": history})
-    final = history[-1] if history else {"top1": None, "top5": None}
-    results = {
-        "top1": final["top1"], "top5": final["top5"], "final_top1": final["top1"], "final_top5": final["top5"],
-        "best_top1": best.get("top1"), "best_top5": best.get("top5"), "best_epoch": best.get("epoch"),
-        "model": args.model, "init": "random_init" if args.random_init else "pretrained", "pooling": args.pooling,
-        "num_labels": num_labels, "num_train": len(train_data), "num_eval": len(eval_data),
-        "dataset": dataset_name(args), "data_source": info.source, "eval_split": args.eval_split,
-        **summary, "epochs": args.epochs, "effective_batch_size": effective_batch,
-        "blr": args.blr, "lr": lr, "min_lr": args.min_lr, "warmup_epochs": args.warmup_epochs,
-        "weight_decay": args.weight_decay, "layer_decay": args.layer_decay, "drop_path": args.drop_path,
-        "mixup": args.mixup, "cutmix": args.cutmix, "smoothing": args.smoothing,
-        "crop_min_scale": args.crop_min_scale, "hflip": args.hflip, "randaugment": args.aa, "reprob": args.reprob,
-        "optimizer": "AdamW (0.9, 0.999)", "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
-        "history": history, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
-    }
+    return history, best, summary
+
+
+def finish(args, accelerator, model, processor, results: dict, best: dict, out_dir: Path) -> None:
+    """Save the final model, write results.json, print the summary."""
     if accelerator.is_main_process:
-        save_pretrained_into(out_dir, unwrapped, processor)
+        save_pretrained_into(out_dir, model, processor)
     finish_run(accelerator, out_dir, results)
     if accelerator.is_main_process:
         print_summary(accelerator, args, results, best, out_dir)
-    return results
 
 
 def print_summary(accelerator, args, results: dict, best: dict, out_dir: Path) -> None:
@@ -258,4 +263,4 @@ def cli(argv=None) -> dict:
     return run_cli(main, parse_args(argv))
 
 
-__all__ = ["EMBEDDED_DEFAULTS", "PAPER_DEFAULTS", "build_parser", "cli", "main", "parse_args"]
+__all__ = ["build_parser", "cli", "main", "parse_args"]

@@ -12,7 +12,6 @@ import argparse
 import time
 
 from ..evaluation.classifier import load_classifier, read_mae_config
-from ..evaluation.features import extract_split_features
 from ..evaluation.knn import knn_accuracy
 from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
@@ -25,6 +24,8 @@ from .arguments import (
     positive_int,
     prepare_data,
     run_cli,
+    run_config,
+    split_features,
 )
 
 
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     """Extract train/held-out features, run `knn_accuracy`, print and write results.json and log.jsonl."""
     wall_start = time.time()
-    accelerator, run_log, out_dir = start_run(args, "kNN evaluation", inputs=(args.model,))
+    accelerator, run_log, out_dir = start_run(run_config(args), "kNN evaluation", inputs=(args.model,))
     read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
     train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
     model, processor, note = load_classifier(args.model, classifier_head="linear_probe", num_labels=num_labels,
@@ -62,8 +63,8 @@ def main(args: argparse.Namespace) -> dict:
         "dataset": info.source, "k": args.k, "temperature": args.temperature, "device": str(accelerator.device)})
     encoder = model.encoder.to(accelerator.device).eval()
     start = time.perf_counter()
-    train = extract_split_features(accelerator, encoder, train_data, processor, args, "training features")
-    held_out = extract_split_features(accelerator, encoder, eval_data, processor, args, "held-out features")
+    train = split_features(accelerator, encoder, train_data, processor, args, "training features")
+    held_out = split_features(accelerator, encoder, eval_data, processor, args, "held-out features")
     features_s = time.perf_counter() - start
     top1 = knn_accuracy(train.features, train.labels, held_out.features, held_out.labels, num_labels, k=args.k,
                         temperature=args.temperature)

@@ -34,47 +34,38 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path, save_pretrained_into
-from ..data.decoding import make_transform_fn
-from ..data.train_loader import train_dataloader
-from ..data.transforms import TrainTransform
 from ..evaluation.classifier import load_classifier, read_mae_config
-from ..evaluation.features import extract_split_features, pool_tokens
 from ..evaluation.probe import (
-    PROBE_EMBEDDED_DEFAULTS,
-    PROBE_PAPER_DEFAULTS,
+    AugmentedProbeConfig,
     ProbeHead,
     evaluate_probe,
     new_probe_head,
+    train_probe_augmented,
     train_probe_head,
 )
-from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
-from ..training.optim import LARS, scaled_lr
+from ..training.optim import scaled_lr
 from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
     add_data_arguments,
     add_model_arguments,
     add_push_arguments,
+    add_recipe_arguments,
     add_run_arguments,
     add_sample_arguments,
     apply_defaults,
     check_push_arguments,
     dataloader_workers,
     dataset_name,
-    nonnegative_float,
+    loop_config,
     nonnegative_int,
-    positive_float,
-    positive_int,
     prepare_data,
     run_cli,
-    scale_fraction,
+    run_config,
+    split_features,
 )
-
-# Flags left unset take these values: sized for the embedded default data, or the official recipe.
-EMBEDDED_DEFAULTS, PAPER_DEFAULTS = PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS
 
 
 def _weights_digest(module: nn.Module) -> str:
@@ -104,25 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--augment", action="store_true",
                         help="official protocol: RandomResizedCrop + flip every epoch through the frozen encoder "
                              "(default: features extracted once with the eval transform and cached)")
-    recipe.add_argument("--epochs", "--num_train_epochs", type=nonnegative_int, default=None,
-                        help="head training epochs (default 90; 0 evaluates a saved probe given as --model)")
-    recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
-                        help="images per device per step (embedded default 256, else 512)")
-    recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
-                        help="effective batch = per_device_batch_size x processes x this (official 16384); in the "
-                             "fast mode the head takes one step on an effective batch of cached features")
-    recipe.add_argument("--blr", "--base_learning_rate", type=positive_float, default=None,
-                        help="base lr: lr = blr x effective_batch / 256 (official 0.1; embedded default 10: "
-                             "4,000 images give LARS ~300x less lr x steps than ImageNet's 1.28M)")
-    recipe.add_argument("--lr", "--learning_rate", type=positive_float, default=None,
-                        help="absolute lr (overrides --blr)")
-    recipe.add_argument("--min_lr", type=nonnegative_float, default=0.0, help="cosine floor")
-    recipe.add_argument("--warmup_epochs", type=nonnegative_float, default=None,
-                        help="linear warmup epochs (default 10)")
-    recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.0, help="LARS weight decay (official 0)")
-    recipe.add_argument("--crop_min_scale", type=scale_fraction, default=0.08,
-                        help="--augment: RandomResizedCrop scale lower bound (official 0.08)")
-    recipe.add_argument("--no_hflip", action="store_true", help="--augment: no horizontal flip")
+    add_recipe_arguments(recipe, "linear_probe")
     run = add_run_arguments(parser, output_dir="outputs/probe", mixed_precision="no")
     add_sample_arguments(run)
     run.add_argument("--cache_features", action="store_true",
@@ -143,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit("--raw_pixels and --random_init are two different baselines: give one")
     if args.augment and args.streaming:
         raise SystemExit("--augment needs epochs over a map-style dataset: drop --streaming")
-    return apply_defaults(args, EMBEDDED_DEFAULTS, PAPER_DEFAULTS)
+    return apply_defaults(args, "linear_probe")
 
 
 def load_or_extract_features(accelerator, args, model, processor, info, train_data, eval_data, out_dir: Path):
@@ -159,10 +132,10 @@ def load_or_extract_features(accelerator, args, model, processor, info, train_da
                 accelerator.print(f"features loaded from {cache_path}")
                 return stored["train"], stored["eval"]
     encoder = model.encoder
-    held_out = extract_split_features(accelerator, encoder, eval_data, processor, args, "held-out features")
+    held_out = split_features(accelerator, encoder, eval_data, processor, args, "held-out features")
     train = None
     if not args.augment:
-        train = extract_split_features(accelerator, encoder, train_data, processor, args, "training features")
+        train = split_features(accelerator, encoder, train_data, processor, args, "training features")
         if args.cache_features and accelerator.is_main_process:
             with atomic_path(cache_path) as tmp:
                 torch.save({"key": key, "train": train, "eval": held_out}, tmp)
@@ -172,7 +145,7 @@ def load_or_extract_features(accelerator, args, model, processor, info, train_da
 def main(args: argparse.Namespace) -> dict:
     """Run the linear probe; returns the results dict (also in `<output_dir>/results.json`)."""
     wall_start = time.time()
-    accelerator, run_log, out_dir = start_run(args, "linear probe", inputs=(args.model,),
+    accelerator, run_log, out_dir = start_run(run_config(args), "linear probe", inputs=(args.model,),
                                               gradient_accumulation_steps=args.gradient_accumulation_steps)
     read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
     train_data, eval_data, info, num_labels, id2label, label2id = prepare_data(args)
@@ -180,10 +153,9 @@ def main(args: argparse.Namespace) -> dict:
         args.model, classifier_head="linear_probe", num_labels=num_labels, id2label=id2label, label2id=label2id,
         pooling=args.pooling, random_init=args.random_init, reinit_head=args.reinit_head)
     model.to(accelerator.device).eval()
-    config = model.config
     if args.raw_pixels:
-        height, width = config.image_hw
-        probe = new_probe_head(config.num_channels * height * width, num_labels).to(accelerator.device)
+        height, width = model.config.image_hw
+        probe = new_probe_head(model.config.num_channels * height * width, num_labels).to(accelerator.device)
     else:
         probe = ProbeHead(model.fc_norm, model.head)
 
@@ -202,6 +174,25 @@ def main(args: argparse.Namespace) -> dict:
     train, held_out = load_or_extract_features(accelerator, args, model, processor, info, train_data, eval_data,
                                                out_dir)
     timings["features_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    history, skipped_train = train_head(args, accelerator, model, probe, processor, train_data, (train, held_out),
+                                        effective_batch, lr, run_log, out_dir)
+    timings["train_s"] = round(time.perf_counter() - start, 2)
+    results = {**probe_results(args, probe, train, held_out, num_labels),
+               "num_train": int(len(train.features)) if train is not None else len(train_data),
+               "skipped_images": {"train": skipped_train, "eval": held_out.skipped}, "data_source": info.source,
+               "effective_batch_size": effective_batch, "lr": lr,
+               "optimizer_steps": history[-1]["step"] if history else 0, **timings,
+               "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args)}
+    finish(args, accelerator, model, processor, results, timings, out_dir)
+    return results
+
+
+def train_head(args, accelerator, model, probe, processor, train_data, features, effective_batch: int, lr: float,
+               run_log, out_dir: Path) -> tuple[list[dict], int]:
+    """The head's epochs: on cached features, or (--augment) on augmented images through the frozen encoder.
+    Returns (one record per epoch, undecodable training images)."""
+    train, held_out = features
 
     def log_epoch(record):
         run_log.write(record, step=record["step"])
@@ -210,107 +201,63 @@ def main(args: argparse.Namespace) -> dict:
             accelerator.print(f"epoch {record['epoch']}: loss {loss}, held-out top-1 "
                               f"{record['eval_top1']:.2f}%")
 
-    start = time.perf_counter()
-    if not args.augment:
-        history = train_probe_head(
-            probe, train.features, train.labels, epochs=args.epochs, batch_size=effective_batch, lr=lr,
-            warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, weight_decay=args.weight_decay, seed=args.seed,
-            eval_features=held_out.features, eval_labels=held_out.labels, eval_every=args.eval_every,
-            log=log_epoch, disable_progress=not accelerator.is_local_main_process,
-            max_nonfinite_steps=args.max_nonfinite_steps)
-        skipped_train = train.skipped
-    else:
-        history, skipped_train = train_probe_augmented(accelerator, args, model, probe, processor, train_data, lr,
-                                                       held_out, log_epoch, run_log, out_dir)
-    timings["train_s"] = round(time.perf_counter() - start, 2)
+    if args.augment:
+        config = AugmentedProbeConfig(
+            epochs=args.epochs, lr=lr, per_device_batch_size=args.per_device_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, min_lr=args.min_lr,
+            warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay, crop_min_scale=args.crop_min_scale,
+            hflip=not args.no_hflip, pooling=args.pooling, raw_pixels=args.raw_pixels, eval_every=args.eval_every,
+            seed=args.seed, num_workers=dataloader_workers(args), strict_images=args.strict_images,
+            resume_from_checkpoint=args.resume_from_checkpoint)
+        return train_probe_augmented(accelerator, model, probe, processor, train_data, held_out, config=config,
+                                     loop_config=loop_config(args), run_log=run_log,
+                                     checkpoints_dir=out_dir / "checkpoints", log=log_epoch)
+    history = train_probe_head(
+        probe, train.features, train.labels, epochs=args.epochs, batch_size=effective_batch, lr=lr,
+        warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, weight_decay=args.weight_decay, seed=args.seed,
+        eval_features=held_out.features, eval_labels=held_out.labels, eval_every=args.eval_every,
+        log=log_epoch, disable_progress=not accelerator.is_local_main_process,
+        max_nonfinite_steps=args.max_nonfinite_steps)
+    return history, train.skipped
 
+
+def probe_results(args, probe, train, held_out, num_labels: int) -> dict:
+    """The probe's scores and the settings they came from (results.json)."""
     metrics = evaluate_probe(probe, held_out.features, held_out.labels)
-    results = {
+    return {
         "top1": metrics["top1"], "top5": metrics["top5"],
         "train_top1": evaluate_probe(probe, train.features, train.labels)["top1"] if train is not None else None,
         "model": args.model, "features": "raw_pixels" if args.raw_pixels else
         ("random_init" if args.random_init else "pretrained"), "pooling": None if args.raw_pixels else args.pooling,
         "mode": "augment" if args.augment else "cached_features", "feature_dim": int(held_out.features.shape[1]),
-        "num_labels": num_labels, "num_train": int(len(train.features)) if train is not None else len(train_data),
-        "num_eval": int(len(held_out.features)), "skipped_images": {"train": skipped_train, "eval": held_out.skipped},
-        "dataset": dataset_name(args), "data_source": info.source, "eval_split": args.eval_split,
-        "epochs": args.epochs, "effective_batch_size": effective_batch, "blr": args.blr, "lr": lr,
-        "warmup_epochs": args.warmup_epochs, "weight_decay": args.weight_decay, "optimizer": "LARS",
-        "optimizer_steps": history[-1]["step"] if history else 0, "seed": args.seed,
-        **timings, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
-    }
+        "num_labels": num_labels, "num_eval": int(len(held_out.features)), "dataset": dataset_name(args),
+        "eval_split": args.eval_split, "epochs": args.epochs, "blr": args.blr, "warmup_epochs": args.warmup_epochs,
+        "weight_decay": args.weight_decay, "optimizer": "LARS", "seed": args.seed}
+
+
+def finish(args, accelerator, model, processor, results: dict, timings: dict, out_dir: Path) -> None:
+    """Save the probe, write results.json, print the summary, push when asked."""
     if accelerator.is_main_process and not args.raw_pixels:
         save_pretrained_into(out_dir, model, processor)
     finish_run(accelerator, out_dir, results)
-    if accelerator.is_main_process:
-        what = "raw pixels" if args.raw_pixels else f"{results['features']} {args.pooling} features"
-        accelerator.print(f"linear probe on {what}: held-out top-1 {results['top1']:.2f}%, top-5 "
-                          f"{results['top5']:.2f}% ({results['num_eval']} images); features "
-                          f"{timings['features_s']:.1f} s, head {timings['train_s']:.1f} s\n  results: "
-                          f"{out_dir / 'results.json'}" + ("" if args.raw_pixels else
-                                                           f"\n  probe (AutoModelForImageClassification): {out_dir}"))
-        if args.push_to_hub:
-            from ..hub.push import push_probe
+    if not accelerator.is_main_process:
+        return
+    what = "raw pixels" if args.raw_pixels else f"{results['features']} {args.pooling} features"
+    accelerator.print(f"linear probe on {what}: held-out top-1 {results['top1']:.2f}%, top-5 "
+                      f"{results['top5']:.2f}% ({results['num_eval']} images); features "
+                      f"{timings['features_s']:.1f} s, head {timings['train_s']:.1f} s\n  results: "
+                      f"{out_dir / 'results.json'}" + ("" if args.raw_pixels else
+                                                       f"\n  probe (AutoModelForImageClassification): {out_dir}"))
+    if args.push_to_hub:
+        from ..hub.push import push_probe
 
-            source = Path(args.model)
-            checkpoint = source if (source / "training_args.json").is_file() else None
-            push_probe(out_dir, args.hub_model_id, checkpoint=checkpoint, private=args.hub_private)
-    return results
-
-
-def train_probe_augmented(accelerator, args, model, probe, processor, train_data, lr, held_out, log, run_log,
-                          out_dir: Path) -> tuple[list[dict], int]:
-    """Official protocol: fresh RandomResizedCrop + flip every epoch through the frozen encoder; LARS on the
-    head with the accumulated (effective) batch, through the shared training loop (checkpoints, resume, bad
-    batches, non-finite steps). Returns (one record per epoch, undecodable training images)."""
-    config = model.config
-    transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
-                               mean=processor.image_mean, std=processor.image_std, num_channels=config.num_channels,
-                               output="uint8")  # normalised on the device
-    train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed,
-                              pin_memory=accelerator.device.type == "cuda")
-    optimizer = LARS(probe.head.parameters(), lr=lr, weight_decay=args.weight_decay)
-    probe, optimizer, loader = accelerator.prepare(probe, optimizer, loader)
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
-                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
-    schedule = plan_schedule(len(loader), args.gradient_accumulation_steps, epochs=args.epochs,
-                             warmup_epochs=args.warmup_epochs)
-    loop = TrainingLoop(accelerator, probe, optimizer, loader, schedule, lr=lr, min_lr=args.min_lr, args=args,
-                        checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
-                        desc="probe (augment)", placeholder=lambda: placeholder_batch(config, accelerator.device, True),
-                        bad_images=lambda: train_fn.num_bad, pretrained=None if args.raw_pixels else model,
-                        normalize=transform.normalizer())
-    records = loop.resume(args.resume_from_checkpoint).get("history", [])
-    encoder = model.encoder.eval()
-    unwrapped = accelerator.unwrap_model(probe)
-
-    def step(batch, epoch, batch_index):
-        pixels = batch["pixel_values"]
-        if args.raw_pixels:
-            features = pixels.flatten(1).float()
-        else:
-            with torch.no_grad(), accelerator.autocast():
-                features = pool_tokens(encoder(pixels).last_hidden_state, args.pooling).float()
-        return F.cross_entropy(probe(features), batch["labels"])
-
-    def epoch_end(epoch_done, mean_loss, done):
-        record = {"event": "epoch", "epoch": epoch_done, "step": loop.update_step, "loss": mean_loss,
-                  "lr": optimizer.param_groups[0]["lr"]}
-        if args.eval_every and (epoch_done % args.eval_every == 0 or epoch_done == args.epochs):
-            record["eval_top1"] = evaluate_probe(unwrapped, held_out.features, held_out.labels)["top1"]
-            probe.train()
-        records.append(record)
-        log(record)
-
-    summary = loop.run(step, on_epoch_end=epoch_end, extra_state=lambda: {"history": records})
-    unwrapped.eval()
-    return records, summary["skipped_images"]
+        source = Path(args.model)
+        checkpoint = source if (source / "training_args.json").is_file() else None
+        push_probe(out_dir, args.hub_model_id, checkpoint=checkpoint, private=args.hub_private)
 
 
 def cli(argv=None) -> dict:
     return run_cli(main, parse_args(argv))
 
 
-__all__ = ["EMBEDDED_DEFAULTS", "PAPER_DEFAULTS", "build_parser", "cli", "main", "parse_args"]
+__all__ = ["build_parser", "cli", "main", "parse_args"]

@@ -43,7 +43,7 @@ from ..atomic import atomic_path, write_json, write_text
 from ..data.decoding import _DECODE_ERRORS, _open_image
 from ..models.mae.image_processing_mae import convert_image_mode
 from ..training.output_dir import check_output_dir, mark_finished, read_run_marker, take_output_dir
-from .arguments import add_data_arguments, load_datasets_from_args, positive_int, run_cli
+from .arguments import add_data_arguments, add_output_dir_arguments, load_datasets_from_args, positive_int, run_cli
 
 PROGRAM = "prepare_dataset"
 _EXTENSION = {"jpeg": "jpg", "png": "png"}
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser, training=False)  # any dataset the training programs accept
     out = parser.add_argument_group("prepared copy")
-    out.add_argument("--output_dir", required=True, help="folder of the prepared copy")
+    add_output_dir_arguments(out, required=True, help="folder of the prepared copy",
+                             overwrite_help="replace a finished prepared copy (or one with other settings) in "
+                                            "--output_dir")
     out.add_argument("--shorter_side", type=positive_int, default=256,
                      help="cap on the shorter image side in pixels (default 256); smaller images are kept as they are")
     out.add_argument("--format", choices=["parquet", "webdataset"], default="parquet", help="shard format")
@@ -65,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--shard_size", type=positive_int, default=2000, help="images per shard (default 2000)")
     out.add_argument("--num_proc", type=positive_int, default=None,
                      help="processes writing shards (default: the cores available)")
-    out.add_argument("--overwrite_output_dir", action="store_true",
-                     help="replace a finished prepared copy (or one with other settings) in --output_dir")
     return parser
 
 
@@ -200,8 +200,8 @@ def _source_paths(args) -> tuple:
     return tuple(p for p in paths if p)
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Write the prepared copy; returns what `prepare_dataset.json` records."""
+def check_target(args: argparse.Namespace) -> Path:
+    """The output folder, checked: not a finished copy (unless --overwrite_output_dir), not inside the source."""
     marker = read_run_marker(args.output_dir)
     if marker and marker.get("program") == PROGRAM and marker.get("status") == "finished" and \
             not args.overwrite_output_dir:
@@ -215,8 +215,13 @@ def main(args: argparse.Namespace) -> dict:
             raise ValueError(f"--output_dir {args.output_dir} is inside the source {source}: the source is only "
                              "read, never written (a copy inside an imagefolder would join it). Pass another "
                              "--output_dir.")
-    out = check_output_dir(args.output_dir, PROGRAM, overwrite=args.overwrite_output_dir, resume=True,
-                           inputs=_source_paths(args))
+    return check_output_dir(args.output_dir, PROGRAM, overwrite=args.overwrite_output_dir, resume=True,
+                            inputs=_source_paths(args))
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Write the prepared copy; returns what `prepare_dataset.json` records."""
+    out = check_target(args)
     datasets.disable_progress_bars()  # one progress bar: this program's
     train, evaluation, info = load_datasets_from_args(args)
     splits = {args.train_split: train, **({args.eval_split: evaluation} if evaluation is not None else {})}
@@ -236,6 +241,24 @@ def main(args: argparse.Namespace) -> dict:
     (out / "data").mkdir(exist_ok=True)
 
     wds_ext = "png" if _first_format(train, args) == "png" else "jpg"  # the format most images will have
+    jobs, done_images = shard_jobs(args, splits, out, wds_ext)
+    total = sum(len(d) for d in splits.values())
+    counts = write_shards(jobs, total, done_images, args.num_proc)
+    if counts["undecodable"]:
+        warnings.warn(f"{counts['undecodable']} undecodable images were stored as they are (training skips them)",
+                      stacklevel=2)
+    label = train.features.get("label") if train.features else None
+    write_text(out / "README.md", dataset_card(list(splits), args.format, label, wds_ext, settings))
+    record = {"settings": settings, "status": "finished", "this_run": counts, "resumed_after_images": done_images}
+    write_json(out / SETTINGS, record)
+    mark_finished(out)
+    print(f"prepared copy in {out}: {total} images ({counts['resized']} resized, {counts['kept']} kept as they "
+          f"were in this run; {done_images} from an earlier run). Train on it with --dataset_name {out}")
+    return record
+
+
+def shard_jobs(args: argparse.Namespace, splits: dict, out: Path, wds_ext: str) -> tuple[list[tuple], int]:
+    """(the `write_shard` arguments of every shard not written yet, images in the shards already written)."""
     jobs, done_images = [], 0
     for split, dataset in splits.items():
         _SOURCES[split] = dataset.cast_column("image", datasets.Image(decode=False))  # bytes/paths: no decoding
@@ -249,12 +272,16 @@ def main(args: argparse.Namespace) -> dict:
                 jobs.append((split, start, stop, str(path), args.format, args.shorter_side, args.quality, wds_ext))
     for leftover in (out / "data").glob(".*.tmp"):  # the half-written shard of a killed run
         leftover.unlink()
-    total = sum(len(d) for d in splits.values())
-    counts = {"kept": 0, "resized": 0, "undecodable": 0}
+    return jobs, done_images
+
+
+def write_shards(jobs: list[tuple], total: int, done_images: int, num_proc: int | None) -> dict:
+    """Run `write_shard` over the jobs (forked processes when there are several); returns the image counts."""
     from tqdm.auto import tqdm
 
+    counts = {"kept": 0, "resized": 0, "undecodable": 0}
     progress = tqdm(total=total, initial=done_images, desc="prepare_dataset", unit="img", dynamic_ncols=True)
-    workers = min(args.num_proc or len(os.sched_getaffinity(0)), max(1, len(jobs)))
+    workers = min(num_proc or len(os.sched_getaffinity(0)), max(1, len(jobs)))
     if workers <= 1:
         results = (write_shard(*job) for job in jobs)
     else:
@@ -267,17 +294,7 @@ def main(args: argparse.Namespace) -> dict:
     progress.close()
     if workers > 1:
         pool.shutdown()
-    if counts["undecodable"]:
-        warnings.warn(f"{counts['undecodable']} undecodable images were stored as they are (training skips them)",
-                      stacklevel=2)
-    label = train.features.get("label") if train.features else None
-    write_text(out / "README.md", dataset_card(list(splits), args.format, label, wds_ext, settings))
-    record = {"settings": settings, "status": "finished", "this_run": counts, "resumed_after_images": done_images}
-    write_json(out / SETTINGS, record)
-    mark_finished(out)
-    print(f"prepared copy in {out}: {total} images ({counts['resized']} resized, {counts['kept']} kept as they "
-          f"were in this run; {done_images} from an earlier run). Train on it with --dataset_name {out}")
-    return record
+    return counts
 
 
 def _read_settings(out: Path) -> dict | None:

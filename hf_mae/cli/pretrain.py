@@ -29,47 +29,38 @@ from ..atomic import save_pretrained, save_pretrained_into
 from ..data.decoding import make_transform_fn
 from ..data.train_loader import seeded_generator, train_dataloader
 from ..data.transforms import TrainTransform
-from ..evaluation.features import eval_dataloader, extract_pooled_features
-from ..evaluation.knn import knn_accuracy
-from ..evaluation.probe import PROBE_EMBEDDED_DEFAULTS, PROBE_PAPER_DEFAULTS, fit_and_score_probe
 from ..models.mae.configuration_mae import PRESETS, MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForPreTraining
 from ..training.checkpointing import count_nonfinite
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
+from ..training.monitor import Monitor, MonitorConfig
 from ..training.optim import build_adamw, param_groups_weight_decay, scaled_lr
 from ..training.run import finish_run, print_banner, start_run
-from ..visualization import loss_curve, reconstruction_grid
+from ..visualization import loss_curve
 from .arguments import (
+    RECIPE_DEFAULTS,
+    add_attn_implementation_argument,
     add_data_arguments,
+    add_eval_batch_size_argument,
     add_push_arguments,
+    add_recipe_arguments,
     add_run_arguments,
     apply_defaults,
     check_push_arguments,
     dataloader_workers,
-    is_embedded,
     load_datasets_from_args,
-    nonnegative_float,
+    loop_config,
     nonnegative_int,
     open_fraction,
-    positive_float,
     positive_int,
+    recipe_of,
     run_cli,
-    scale_fraction,
-    unit_fraction,
+    run_config,
 )
 
-# What the embedded default run uses when a flag is left unset, chosen by the recipe sweep on validation folds
-# of the training digits (README "Results on the embedded data"): batch 64 doubles the steps of batch 128 at
-# nearly the same cost per epoch, mask 0.6 lifts CLS features, whole digits (no random crop) and plain pixel
-# targets (per-patch normalisation stretches a digit's faint edge patches to full contrast) lift both
-# poolings, and 75 epochs take ~7.5 minutes on 2 cores. With a named dataset the paper's values apply instead.
-EMBEDDED_DEFAULTS = {"preset": "mae-vit-mnist-patch4", "mask_ratio": 0.6, "norm_pix_loss": False, "epochs": 75,
-                     "warmup_epochs": 5, "blr": 3e-3, "per_device_batch_size": 64, "crop_min_scale": 1.0}
-# Belong to the preset: a --model_config or --init_from model keeps its own.
+# Belong to the preset: a --model_config or --init_from model keeps its own (RECIPE_DEFAULTS has the rest).
 _ARCHITECTURE_DEFAULTS = ("preset", "mask_ratio", "norm_pix_loss")
-PAPER_DEFAULTS = {"preset": "mae-vit-base-patch16", "epochs": 800, "warmup_epochs": 40, "blr": 1.5e-4,
-                  "per_device_batch_size": 64, "crop_min_scale": 0.2}
 
 
 def knn_every(text: str) -> int:
@@ -95,36 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None,
                        help="per-patch normalised targets (embedded: off, else the model's own: on in every "
                             "preset; inherited with --init_from)")
-    model.add_argument("--attn_implementation", default=None, help="sdpa (default) or eager")
+    add_attn_implementation_argument(model, help="sdpa (default) or eager")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", "--num_train_epochs", type=positive_int, default=None,
-                        help="training epochs (embedded: 75, else 800)")
-    recipe.add_argument("--max_train_steps", "--max_steps", type=positive_int, default=None,
-                        help="stop after this many optimizer steps (overrides --epochs; needed for streaming)")
-    recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
-                        help="images per device per step (embedded and paper: 64)")
-    recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
-                        help="effective batch = per_device_batch_size x processes x this")
-    recipe.add_argument("--blr", "--base_learning_rate", type=positive_float, default=None,
-                        help="base learning rate: lr = blr * effective_batch / 256 (paper 1.5e-4; embedded 3e-3)")
-    recipe.add_argument("--lr", "--learning_rate", type=positive_float, default=None,
-                        help="absolute learning rate (overrides --blr)")
-    recipe.add_argument("--min_lr", type=nonnegative_float, default=0.0, help="cosine floor")
-    recipe.add_argument("--warmup_epochs", type=nonnegative_float, default=None,
-                        help="linear warmup in epochs (paper 40; embedded 5)")
-    recipe.add_argument("--warmup_steps", type=nonnegative_int, default=None,
-                        help="warmup in optimizer steps (overrides --warmup_epochs)")
-    recipe.add_argument("--warmup_ratio", type=unit_fraction, default=None,
-                        help="warmup as a fraction of all optimizer steps (overrides --warmup_epochs)")
-    recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.05, help="AdamW weight decay (0.05)")
+    add_recipe_arguments(recipe, "pretrain")
     recipe.add_argument("--adam_beta2", type=open_fraction, default=0.95, help="paper 0.95 (not torch's 0.999)")
-    recipe.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (official: off)")
-    recipe.add_argument("--crop_min_scale", type=scale_fraction, default=None,
-                        help="RandomResizedCrop scale lower bound, in (0, 1]; 1 keeps the whole image (paper 0.2; "
-                             "embedded 1)")
-    recipe.add_argument("--no_hflip", action="store_true", help="disable the random horizontal flip")
 
     run = add_run_arguments(parser, output_dir="outputs/pretrain")
     monitor = parser.add_argument_group("pictures and the representation monitor")
@@ -143,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="training images the monitor's probe trains on (and kNN uses as neighbours)")
     monitor.add_argument("--monitor_max_eval_samples", "--knn_max_eval_samples", type=positive_int, default=10000,
                          help="held-out images the monitor classifies")
-    monitor.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256,
-                         help="images per device for the monitor's feature extraction")
+    add_eval_batch_size_argument(monitor, "images per device for the monitor's feature extraction")
     add_push_arguments(run, "the full model and encoder", "encoder: <id>-encoder")
     return parser
 
@@ -157,8 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.streaming and not args.max_train_steps:
         raise SystemExit("--streaming needs --max_train_steps (a stream has no length to count epochs by)")
     skip = _ARCHITECTURE_DEFAULTS if args.model_config or args.init_from else ()  # the model's own values stay
-    return apply_defaults(args, {k: v for k, v in EMBEDDED_DEFAULTS.items() if k not in skip},
-                          {k: v for k, v in PAPER_DEFAULTS.items() if k not in skip})
+    return apply_defaults(args, "pretrain", skip)
 
 
 def build_model(args) -> tuple[MAEForPreTraining, MAEImageProcessor]:
@@ -195,121 +160,47 @@ def mask_noise(pixels: torch.Tensor, num_patches: int, *seed_parts: int) -> torc
     return noise.to(pixels.device, non_blocking=True)
 
 
-@torch.no_grad()
-def log_reconstructions(model, processor, pixels, noise, path, statistics: str) -> None:
-    model.eval()
-    out = model(pixels, noise=noise)
-    pictures = processor.postprocess_reconstruction(
-        out.logits, pixels, out.mask, norm_pix_loss=model.config.norm_pix_loss,
-        statistics=statistics if model.config.norm_pix_loss else None)
-    what = {"target": "norm-pix undone with each masked patch's own statistics (they leak into the picture)",
-            "visible": "norm-pix undone with the visible patches' statistics (no leak)", None: "pixel targets"}
-    shown = what[statistics if model.config.norm_pix_loss else None]
-    reconstruction_grid(pictures, path, title=f"{Path(path).stem}: {shown}")
-    model.train()
+def monitor_config(args: argparse.Namespace) -> MonitorConfig:
+    """The monitor's settings from the flags; its probe follows the linear probe program's recipe for the data."""
+    return MonitorConfig(probe_settings=RECIPE_DEFAULTS["linear_probe"][recipe_of(args)], every=args.monitor_every,
+                         image_log_every=args.image_log_every, recon_statistics=args.recon_statistics,
+                         max_train_samples=args.monitor_max_train_samples,
+                         max_eval_samples=args.monitor_max_eval_samples, eval_batch_size=args.eval_batch_size,
+                         strict_images=args.strict_images, seed=args.seed)
 
 
-class Monitor:
-    """What a run shows while it trains: reconstruction grids of fixed held-out images and masks, and what the
-    encoder's frozen features are worth on the held-out split. The measure MAE is built for is a linear probe
-    (cached features, CLS and mean pooling; a fresh head each time, seeded); kNN is the second line. Raw
-    pixels and the random-init encoder are measured the same way at the start of a fresh run."""
+def training_loader(args, accelerator, config, processor, train_data):
+    """(loader, its transform fn, the transform): uint8 crops, normalised on the device."""
+    transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
+                               mean=processor.image_mean, std=processor.image_std,
+                               num_channels=config.num_channels, output="uint8")
+    train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
+    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed,
+                              pin_memory=accelerator.device.type == "cuda")
+    return loader, train_fn, transform
 
-    def __init__(self, accelerator, args, model, processor, train_data, eval_data, info):
-        self.accelerator, self.args, self.model, self.processor = accelerator, args, model, processor
-        self.num_labels, self.results = info.num_labels, {}
-        self.probe_settings = PROBE_EMBEDDED_DEFAULTS if is_embedded(args) else PROBE_PAPER_DEFAULTS
-        self.grid_pixels = self.grid_noise = None
-        if eval_data is not None and not info.streaming and accelerator.is_main_process:
-            pictures = eval_dataloader(eval_data.select(range(min(8, len(eval_data)))), processor, 8)
-            batch = next(iter(pictures))
-            self.grid_pixels = batch["pixel_values"][batch["valid"]].to(accelerator.device)
-            self.grid_noise = torch.rand(len(self.grid_pixels), model.config.num_patches,
-                                         generator=torch.Generator().manual_seed(0))
-        self.enabled = args.monitor_every >= 0 and eval_data is not None and bool(info.num_labels) \
-            and not info.streaming
-        if self.enabled:
-            splits = (train_data.select(range(min(len(train_data), args.monitor_max_train_samples))),
-                      eval_data.select(range(min(len(eval_data), args.monitor_max_eval_samples))))
-            self.loaders = [accelerator.prepare(eval_dataloader(d, processor, args.eval_batch_size,
-                                                                strict=args.strict_images)) for d in splits]
 
-    def probe(self, train, held_out) -> float:
-        """Held-out top-1 of a fresh linear probe (BatchNorm + Linear, LARS) trained on cached features."""
-        return fit_and_score_probe(train, held_out, self.num_labels, self.probe_settings, self.args.seed)
-
-    def measure(self, raw_pixels: bool = False) -> dict[str, float]:
-        """{"probe_top1_cls", "probe_top1_mean", "knn_top1"} of the encoder now (or of the raw pixels:
-        {"probe_top1", "knn_top1"})."""
-        train, held_out = [extract_pooled_features(self.accelerator, self.model.encoder, loader, ("cls", "mean"),
-                                                   desc="monitor features", raw_pixels=raw_pixels)
-                           for loader in self.loaders]
-        if raw_pixels:
-            (train,), (held_out,) = train.values(), held_out.values()
-            return {"probe_top1": self.probe(train, held_out),
-                    "knn_top1": knn_accuracy(*train[:2], *held_out[:2], self.num_labels)}
-        return {"probe_top1_cls": self.probe(train["cls"], held_out["cls"]),
-                "probe_top1_mean": self.probe(train["mean"], held_out["mean"]),
-                "knn_top1": knn_accuracy(*train["cls"][:2], *held_out["cls"][:2], self.num_labels)}
-
-    def start(self, run_log) -> None:
-        """Raw pixels and the random-init encoder (a fresh run only)."""
-        if not self.enabled:
-            return
-        raw, init = self.measure(raw_pixels=True), self.measure()
-        self.results = {"probe_top1_raw_pixels": raw["probe_top1"], "probe_top1_init": init["probe_top1_cls"],
-                        "probe_top1_init_mean": init["probe_top1_mean"], "knn_top1_raw_pixels": raw["knn_top1"],
-                        "knn_top1_init": init["knn_top1"]}
-        run_log.write({"event": "monitor", "step": 0, **self.results}, step=0)
-        self.accelerator.print(
-            f"held-out linear probe top-1 before training: raw pixels {raw['probe_top1']:.2f}%, random-init "
-            f"encoder {init['probe_top1_cls']:.2f}% (CLS) / {init['probe_top1_mean']:.2f}% (mean); kNN: raw pixels "
-            f"{raw['knn_top1']:.2f}%, random init {init['knn_top1']:.2f}%")
-
-    def epoch_end(self, epoch_done: int, done: bool, step: int, run_log, out_dir: Path) -> None:
-        args = self.args
-        if args.image_log_every and epoch_done % args.image_log_every == 0 and self.grid_pixels is not None:
-            log_reconstructions(self.model, self.processor, self.grid_pixels, self.grid_noise,
-                                out_dir / "reconstructions" / f"epoch_{epoch_done:04d}.png", args.recon_statistics)
-        if self.enabled and args.monitor_every > 0 and epoch_done % args.monitor_every == 0 and not done:
-            now = self.measure()
-            run_log.write({"event": "monitor", "step": step, "epoch": epoch_done, **now}, step=step)
-            self.accelerator.print(f"epoch {epoch_done}: linear probe top-1 {now['probe_top1_cls']:.2f}% (CLS) / "
-                                   f"{now['probe_top1_mean']:.2f}% (mean), kNN {now['knn_top1']:.2f}%")
-
-    def end(self, step: int, run_log) -> None:
-        if self.enabled:
-            self.results.update(self.measure())
-            run_log.write({"event": "monitor", "step": step, **{k: self.results[k] for k in
-                                                                ("probe_top1_cls", "probe_top1_mean", "knn_top1")}},
-                          step=step)
-
-    def final_pictures(self, model, out_dir: Path) -> None:
-        if self.grid_pixels is None:
-            return
-        log_reconstructions(model, self.processor, self.grid_pixels, self.grid_noise,
-                            out_dir / "reconstruction_final.png", self.args.recon_statistics)
-        if model.config.norm_pix_loss:  # the other choice too, named by what it uses
-            other = "target" if self.args.recon_statistics == "visible" else "visible"
-            log_reconstructions(model, self.processor, self.grid_pixels, self.grid_noise,
-                                out_dir / f"reconstruction_final_{other}_statistics.png", other)
+def plan(args, accelerator, loader, info):
+    """The schedule of the run over the prepared loader (a stream: `--max_train_steps` cycles)."""
+    batches_per_epoch = len(loader) if not info.streaming else args.max_train_steps * args.gradient_accumulation_steps
+    if batches_per_epoch == 0:
+        raise ValueError(f"{info.num_train} training images are fewer than one batch of "
+                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
+    return plan_schedule(batches_per_epoch, args.gradient_accumulation_steps, epochs=args.epochs,
+                         max_train_steps=args.max_train_steps, warmup_epochs=args.warmup_epochs,
+                         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Pretrain; returns the results dict (also in `<output_dir>/results.json`)."""
     wall_start = time.time()
-    accelerator, run_log, out_dir = start_run(args, "pretraining", inputs=(args.init_from,), save_args=True,
+    accelerator, run_log, out_dir = start_run(run_config(args), "pretraining", inputs=(args.init_from,),
+                                              save_settings=True,
                                               gradient_accumulation_steps=args.gradient_accumulation_steps)
     train_data, eval_data, info = load_datasets_from_args(args)
     model, processor = build_model(args)
     config = model.config
-    transform = TrainTransform(config.image_size, scale=(args.crop_min_scale, 1.0), hflip=not args.no_hflip,
-                               mean=processor.image_mean, std=processor.image_std,
-                               num_channels=config.num_channels, output="uint8")  # normalised on the device
-    train_fn = make_transform_fn(transform, config.num_channels, strict=args.strict_images)
-    loader = train_dataloader(train_data, train_fn, args.per_device_batch_size, dataloader_workers(args), args.seed,
-                              pin_memory=accelerator.device.type == "cuda")
-
+    loader, train_fn, transform = training_loader(args, accelerator, config, processor, train_data)
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
     optimizer = build_adamw(param_groups_weight_decay(model, args.weight_decay), lr=lr,
@@ -317,17 +208,11 @@ def main(args: argparse.Namespace) -> dict:
     if args.compile:
         model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    batches_per_epoch = len(loader) if not info.streaming else args.max_train_steps * args.gradient_accumulation_steps
-    if batches_per_epoch == 0:
-        raise ValueError(f"{info.num_train} training images are fewer than one batch of "
-                         f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
-    schedule = plan_schedule(batches_per_epoch, args.gradient_accumulation_steps, epochs=args.epochs,
-                             max_train_steps=args.max_train_steps, warmup_epochs=args.warmup_epochs,
-                             warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio)
-    loop = TrainingLoop(accelerator, model, optimizer, loader, schedule, lr=lr, min_lr=args.min_lr, args=args,
-                        max_grad_norm=args.max_grad_norm, checkpoints_dir=out_dir / "checkpoints",
-                        processor=processor, run_log=run_log, desc="pretraining",
-                        placeholder=lambda: placeholder_batch(config, accelerator.device),
+    schedule = plan(args, accelerator, loader, info)
+    loop = TrainingLoop(accelerator, model, optimizer, loader, schedule, lr=lr, min_lr=args.min_lr,
+                        config=loop_config(args), max_grad_norm=args.max_grad_norm,
+                        checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
+                        desc="pretraining", placeholder=lambda: placeholder_batch(config, accelerator.device),
                         bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer())
     loop.resume(args.resume_from_checkpoint)
     print_banner(accelerator, run_log, "pretraining", {
@@ -341,11 +226,22 @@ def main(args: argparse.Namespace) -> dict:
         "epochs": schedule.epochs, "optimizer_steps": schedule.total_updates, "warmup_steps": schedule.warmup_updates,
         "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
         "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
-
     unwrapped = accelerator.unwrap_model(model)
-    monitor = Monitor(accelerator, args, unwrapped, processor, train_data, eval_data, info)
+    monitor = Monitor(accelerator, monitor_config(args), unwrapped, processor, train_data, eval_data, info)
     if loop.update_step == 0:
         monitor.start(run_log)
+    summary = train(args, accelerator, model, config.num_patches, loop, monitor, run_log, out_dir)
+    results = {**monitor.results, **summary, "effective_batch_size": effective_batch, "lr": lr, "blr": args.blr,
+               "mask_ratio": config.mask_ratio, "norm_pix_loss": config.norm_pix_loss, "dataset": info.source,
+               "wall_time_s": round(time.time() - wall_start, 1)}
+    finish(args, accelerator, getattr(unwrapped, "_orig_mod", unwrapped), processor, monitor, out_dir, results)
+    return results
+
+
+def train(args, accelerator, model, num_patches: int, loop: TrainingLoop, monitor: Monitor, run_log,
+          out_dir: Path) -> dict:
+    """The epochs: masked-reconstruction steps with reproducible masks, the monitor after each epoch and at the
+    end. Returns the loop's summary."""
     first_batch_logged = []
 
     def step(batch, epoch, batch_index):
@@ -354,23 +250,24 @@ def main(args: argparse.Namespace) -> dict:
             sums = accelerator.gather(pixels.float().sum().reshape(1)).tolist()
             run_log.write({"event": "first_batch", "pixel_sums_per_process": sums})
             first_batch_logged.append(True)
-        noise = mask_noise(pixels, config.num_patches, args.seed, epoch, batch_index, accelerator.process_index)
+        noise = mask_noise(pixels, num_patches, args.seed, epoch, batch_index, accelerator.process_index)
         return model(pixel_values=pixels, noise=noise).loss
 
     summary = loop.run(step, on_epoch_end=lambda epoch_done, _, done: monitor.epoch_end(
         epoch_done, done, loop.update_step, run_log, out_dir))
     monitor.end(loop.update_step, run_log)
-    results = {**monitor.results, **summary, "effective_batch_size": effective_batch, "lr": lr, "blr": args.blr,
-               "mask_ratio": config.mask_ratio, "norm_pix_loss": config.norm_pix_loss, "dataset": info.source,
-               "wall_time_s": round(time.time() - wall_start, 1)}
+    return summary
+
+
+def finish(args, accelerator, model, processor, monitor: Monitor, out_dir: Path, results: dict) -> None:
+    """Save the model, encoder and pictures, write results.json, print the summary, push when asked."""
     if accelerator.is_main_process:
-        save_outputs(getattr(unwrapped, "_orig_mod", unwrapped), processor, monitor, out_dir)
+        save_outputs(model, processor, monitor, out_dir)
     finish_run(accelerator, out_dir, results)
     if accelerator.is_main_process:
         print_summary(accelerator, results, out_dir)
         if args.push_to_hub:
             push(out_dir, args)
-    return results
 
 
 def save_outputs(model, processor, monitor: Monitor, out_dir: Path) -> None:

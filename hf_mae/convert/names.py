@@ -209,15 +209,16 @@ def _unwrap(obj, description: str = "the checkpoint") -> tuple[dict, list[str], 
     return state, notes, extras, dropped
 
 
-def _training_args(args) -> dict:
-    """Config fields from the official training arguments (`args` in official training checkpoints)."""
-    if isinstance(args, argparse.Namespace):
-        args = vars(args)
-    if not isinstance(args, Mapping):
+def _training_args(recorded) -> dict:
+    """Config fields from the training arguments an official checkpoint records under "args" (an argparse
+    Namespace pickled by `main_pretrain.py`, or a dict)."""
+    if isinstance(recorded, argparse.Namespace):
+        recorded = vars(recorded)
+    if not isinstance(recorded, Mapping):
         return {}
-    out = {name: args[name] for name in ("norm_pix_loss", "mask_ratio") if name in args}
-    if isinstance(args.get("input_size"), int):
-        out["image_size"] = args["input_size"]
+    out = {name: recorded[name] for name in ("norm_pix_loss", "mask_ratio") if name in recorded}
+    if isinstance(recorded.get("input_size"), int):
+        out["image_size"] = recorded["input_size"]
     return out
 
 

@@ -10,7 +10,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..cli.arguments import dataloader_workers
 from ..data.decoding import apply_transform, make_transform_fn
 from ..data.transforms import EvalTransform
 
@@ -104,8 +103,9 @@ def extract_features(accelerator, encoder, loader, pooling: str = "cls", desc: s
     return next(iter(found.values()))
 
 
-def extract_split_features(accelerator, encoder, dataset, processor, args, desc: str) -> Features:
-    """`extract_features` of a whole split with the program's flags (batch size, workers, pooling, baseline)."""
-    loader = accelerator.prepare(eval_dataloader(dataset, processor, args.eval_batch_size, dataloader_workers(args),
-                                                 strict=args.strict_images))
-    return extract_features(accelerator, encoder, loader, args.pooling, desc=desc, raw_pixels=args.raw_pixels)
+def extract_split_features(accelerator, encoder, dataset, processor, *, batch_size: int, num_workers: int = 0,
+                           pooling: str = "cls", raw_pixels: bool = False, strict: bool = False,
+                           desc: str = "features") -> Features:
+    """`extract_features` of a whole split through the processor's eval transform (`eval_dataloader`)."""
+    loader = accelerator.prepare(eval_dataloader(dataset, processor, batch_size, num_workers, strict=strict))
+    return extract_features(accelerator, encoder, loader, pooling, desc=desc, raw_pixels=raw_pixels)

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..training.loop import NonFiniteGuard
+from ..data.decoding import make_transform_fn
+from ..data.train_loader import train_dataloader
+from ..data.transforms import TrainTransform
+from ..training.loop import LoopConfig, NonFiniteGuard, TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import LARS, lr_at_step, scaled_lr, set_lr
 from .classification import topk_accuracy
 from .classifier import init_head
-from .features import Features
-
-# The linear probe on cached features (the probe program's defaults and the pretraining monitor's): sized for
-# the embedded default data, or the official recipe for any other dataset. On 4,000 digits LARS needs a far
-# larger base lr than on ImageNet (BENCHMARKS.md).
-PROBE_EMBEDDED_DEFAULTS = {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256}
-
-
-PROBE_PAPER_DEFAULTS = {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512}
-
+from .features import Features, pool_tokens
 
 # --------------------------------------------------------------------------------------------------------
 # The linear probe's head on cached features
@@ -136,7 +132,8 @@ def evaluate_probe(probe: ProbeHead, features: torch.Tensor, labels: torch.Tenso
 
 def fit_and_score_probe(train: Features, held_out: Features, num_labels: int, settings: dict, seed: int) -> float:
     """Held-out top-1 of a fresh probe head (seeded by `seed`) trained on cached features with `settings`
-    (a PROBE_*_DEFAULTS dict): the pretraining monitor's probe, also the recipe sweep's."""
+    ({"epochs", "blr", "warmup_epochs", "per_device_batch_size"}, the probe program's recipe): the pretraining
+    monitor's probe, also the recipe sweep's."""
     with torch.random.fork_rng(devices=[]):  # the head's init draws from a seed of its own
         torch.manual_seed(seed)
         head = new_probe_head(train.features.shape[1], num_labels)
@@ -145,3 +142,89 @@ def fit_and_score_probe(train: Features, held_out: Features, num_labels: int, se
                      lr=scaled_lr(settings["blr"], batch), warmup_epochs=settings["warmup_epochs"], seed=seed,
                      disable_progress=True)
     return evaluate_probe(head, held_out.features, held_out.labels)["top1"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The official protocol: augmented images through the frozen encoder every epoch
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentedProbeConfig:
+    """The augmented probe's recipe: crops and flips drawn every epoch, LARS on the (effective) batch."""
+
+    epochs: int
+    lr: float
+    per_device_batch_size: int
+    gradient_accumulation_steps: int = 1
+    min_lr: float = 0.0
+    warmup_epochs: float = 10
+    weight_decay: float = 0.0
+    crop_min_scale: float = 0.08
+    hflip: bool = True
+    pooling: str = "cls"
+    raw_pixels: bool = False  # the baseline: the head on flattened pixels, no encoder
+    eval_every: int = 10  # held-out top-1 every N epochs and at the end; 0: never during training
+    seed: int = 0
+    num_workers: int = 0
+    strict_images: bool = False
+    resume_from_checkpoint: str | None = None
+
+
+def _augmented_loader(accelerator, config: AugmentedProbeConfig, model_config, processor, train_data):
+    """(loader, transform fn, transform) of the RandomResizedCrop + flip images, uint8 until the device."""
+    transform = TrainTransform(model_config.image_size, scale=(config.crop_min_scale, 1.0), hflip=config.hflip,
+                               mean=processor.image_mean, std=processor.image_std,
+                               num_channels=model_config.num_channels, output="uint8")
+    train_fn = make_transform_fn(transform, model_config.num_channels, strict=config.strict_images)
+    loader = train_dataloader(train_data, train_fn, config.per_device_batch_size, config.num_workers, config.seed,
+                              pin_memory=accelerator.device.type == "cuda")
+    return loader, train_fn, transform
+
+
+def train_probe_augmented(accelerator, model, probe: ProbeHead, processor, train_data, held_out: Features, *,
+                          config: AugmentedProbeConfig, loop_config: LoopConfig, run_log, checkpoints_dir: Path,
+                          log) -> tuple[list[dict], int]:
+    """Official protocol: fresh RandomResizedCrop + flip every epoch through the frozen encoder of `model` (a
+    classifier); LARS on the head with the accumulated (effective) batch, through the shared training loop
+    (checkpoints, resume, bad batches, non-finite steps). `log(record)` gets each epoch's record. Returns (one
+    record per epoch, undecodable training images)."""
+    loader, train_fn, transform = _augmented_loader(accelerator, config, model.config, processor, train_data)
+    optimizer = LARS(probe.head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    probe, optimizer, loader = accelerator.prepare(probe, optimizer, loader)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
+                         f"{config.per_device_batch_size} x {accelerator.num_processes} processes")
+    schedule = plan_schedule(len(loader), config.gradient_accumulation_steps, epochs=config.epochs,
+                             warmup_epochs=config.warmup_epochs)
+    loop = TrainingLoop(accelerator, probe, optimizer, loader, schedule, lr=config.lr, min_lr=config.min_lr,
+                        config=loop_config, checkpoints_dir=checkpoints_dir, processor=processor, run_log=run_log,
+                        desc="probe (augment)",
+                        placeholder=lambda: placeholder_batch(model.config, accelerator.device, True),
+                        bad_images=lambda: train_fn.num_bad, pretrained=None if config.raw_pixels else model,
+                        normalize=transform.normalizer())
+    records = loop.resume(config.resume_from_checkpoint).get("history", [])
+    encoder = model.encoder.eval()
+    unwrapped = accelerator.unwrap_model(probe)
+
+    def step(batch, epoch, batch_index):
+        pixels = batch["pixel_values"]
+        if config.raw_pixels:
+            features = pixels.flatten(1).float()
+        else:
+            with torch.no_grad(), accelerator.autocast():
+                features = pool_tokens(encoder(pixels).last_hidden_state, config.pooling).float()
+        return F.cross_entropy(probe(features), batch["labels"])
+
+    def epoch_end(epoch_done, mean_loss, done):
+        record = {"event": "epoch", "epoch": epoch_done, "step": loop.update_step, "loss": mean_loss,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if config.eval_every and (epoch_done % config.eval_every == 0 or epoch_done == config.epochs):
+            record["eval_top1"] = evaluate_probe(unwrapped, held_out.features, held_out.labels)["top1"]
+            probe.train()
+        records.append(record)
+        log(record)
+
+    summary = loop.run(step, on_epoch_end=epoch_end, extra_state=lambda: {"history": records})
+    unwrapped.eval()
+    return records, summary["skipped_images"]

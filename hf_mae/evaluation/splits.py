@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 
-def labelled_splits(train_data, eval_data, info, args):
-    """Check that both splits carry labels; returns (num_labels, id2label, label2id). Clear errors else."""
+def labelled_splits(train_data, eval_data, info, *, eval_split: str, label_column: str | None = None):
+    """Check that both splits carry labels; returns (num_labels, id2label, label2id). Clear errors else
+    (`eval_split` and `label_column` as the user named them, for the messages)."""
     if eval_data is None:
-        raise ValueError(f"{info.source} has no held-out split {args.eval_split!r}: evaluation needs one. "
+        raise ValueError(f"{info.source} has no held-out split {eval_split!r}: evaluation needs one. "
                          f"Pass --eval_split NAME (or --eval_dir for an imagefolder).")
     for name, split in (("training", train_data), ("held-out", eval_data)):
         if "label" not in list(split.column_names or []):
-            hint = (f"the label column {args.label_column!r} is missing" if args.label_column
+            hint = (f"the label column {label_column!r} is missing" if label_column
                     else "no label column was found (looked for label, labels, cls, class, target)")
             raise ValueError(f"The {name} split of {info.source} has no labels: {hint}. Classification needs "
                              f"labelled data: pass --label_column NAME, or a labelled dataset.")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -109,23 +109,47 @@ def placeholder_batch(config, device, labels: bool = False, size: int = 2) -> di
     return batch
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """The loop's policies: how often it logs and writes mid-epoch checkpoints, how many checkpoints it keeps,
+    and how many non-finite optimizer steps in a row stop the run."""
+
+    logging_steps: int = 10
+    checkpoint_every: int | None = None  # optimizer steps between mid-epoch checkpoints; None: epoch ends only
+    checkpoints_total_limit: int = 2
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
+class _Pass:
+    """What one `run` accumulates on the device (no host sync per micro-batch) and around it."""
+
+    progress: tqdm
+    extra_state: object  # () -> dict of the program's own checkpoint values
+    cycle: torch.Tensor  # [bad micro-batches, micro-batches with images] of the current optimizer step
+    window: torch.Tensor  # [loss sum, finite micro-batches] of the current logging window
+    window_images: int = 0
+    window_wait: float = 0.0
+    window_start: float = field(default_factory=time.perf_counter)
+
+
 class TrainingLoop:
     """Epochs of `step` over a prepared loader with accumulation, the schedule, the bad-batch and non-finite
     policies, logging, checkpoints and exact resume (see the module docstring)."""
 
-    def __init__(self, accelerator, model, optimizer, loader, schedule: Schedule, *, lr: float, args,
-                 checkpoints_dir: Path, processor, run_log, desc: str, placeholder, min_lr: float = 0.0,
-                 max_grad_norm: float | None = None, bad_images=lambda: 0, pretrained=None, normalize=None):
+    def __init__(self, accelerator, model, optimizer, loader, schedule: Schedule, *, lr: float,
+                 checkpoints_dir: Path, processor, run_log, desc: str, placeholder, config: LoopConfig = LoopConfig(),
+                 min_lr: float = 0.0, max_grad_norm: float | None = None, bad_images=lambda: 0, pretrained=None,
+                 normalize=None, lr_schedule=lr_at_step):
         self.accelerator, self.model, self.optimizer, self.loader = accelerator, model, optimizer, loader
+        self.lr_schedule = lr_schedule  # (step, total, warmup, lr, min_lr) -> lr: warmup-cosine unless given
         self.schedule, self.lr, self.min_lr, self.max_grad_norm = schedule, lr, min_lr, max_grad_norm
-        self.logging_steps = args.logging_steps
-        self.checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
-        self.total_limit = args.checkpoints_total_limit
+        self.config = config
         self.checkpoints_dir, self.processor, self.run_log, self.desc = checkpoints_dir, processor, run_log, desc
         self.placeholder, self.bad_images, self.pretrained = placeholder, bad_images, pretrained
         self.normalize = normalize  # batch -> batch on the device before `step`: uint8 pixels -> normalised float
         self.update_step = self.start_epoch = self.skip_batches = self.skipped_batches = 0
-        self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
+        self.nonfinite = NonFiniteGuard(config.max_nonfinite_steps)
         # a mid-epoch checkpoint's (loss sum, finite micro-batches, batches with images), each process's share
         self.epoch_totals = (0.0, 0.0, 0.0)
         self.last_loss, self.peak_lr, self.resumed_from = None, 0.0, None
@@ -150,8 +174,8 @@ class TrainingLoop:
                  "epoch_totals": list(totals), **extra}
         try:
             path = save_checkpoint(self.accelerator, self.model, self.processor, self.checkpoints_dir,
-                                   self.update_step, state, self.total_limit, optimizer=self.optimizer,
-                                   pretrained=self.pretrained)
+                                   self.update_step, state, self.config.checkpoints_total_limit,
+                                   optimizer=self.optimizer, pretrained=self.pretrained)
         except CheckpointError as error:
             self.run_log.write({"event": "stopped", "step": self.update_step, "reason": "non-finite weights"})
             raise NonFiniteLossError(f"{error}: the run diverged; stopping. {self._intact_note()}. Try a lower "
@@ -169,86 +193,106 @@ class TrainingLoop:
         """Train to the end of the schedule. `step(batch, epoch, batch_index)` returns the micro-batch loss;
         `on_epoch_end(epoch_done, mean_loss, done)` runs after each epoch (before its checkpoint);
         `extra_state()` adds the program's own values to each checkpoint. Returns a summary dict."""
-        acc, sched, device = self.accelerator, self.schedule, self.accelerator.device
-        progress = tqdm(total=sched.total_updates, initial=self.update_step, desc=self.desc, dynamic_ncols=True,
-                        disable=not acc.is_local_main_process)
-        # on-device sums (no host sync per micro-batch): [bad micro-batches, micro-batches with images] per
-        # optimizer step; [loss sum, finite micro-batches] per logging window and per epoch
-        cycle = torch.zeros(2, device=device)
-        window = torch.zeros(2, device=device)
-        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
-        done = self.update_step >= sched.total_updates
+        device = self.accelerator.device
+        progress = tqdm(total=self.schedule.total_updates, initial=self.update_step, desc=self.desc,
+                        dynamic_ncols=True, disable=not self.accelerator.is_local_main_process)
+        state = _Pass(progress, extra_state, torch.zeros(2, device=device), torch.zeros(2, device=device))
+        done = self.update_step >= self.schedule.total_updates
         self.model.train()
-        for epoch in range(self.start_epoch, sched.epochs):
+        for epoch in range(self.start_epoch, self.schedule.epochs):
             if done:
                 break
-            if hasattr(self.loader, "set_epoch"):
-                self.loader.set_epoch(epoch)
-            active = acc.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches else self.loader
-            batches_in_epoch, self.skip_batches = self.skip_batches, 0
-            epoch_sum = torch.tensor(self.epoch_totals, device=device)
-            self.epoch_totals = (0.0, 0.0, 0.0)
-            wait_start = time.perf_counter()
-            for batch in active:
-                window_wait += time.perf_counter() - wait_start
-                batch_index, batches_in_epoch = batches_in_epoch, batches_in_epoch + 1  # counts every batch drawn
-                empty = len(batch["pixel_values"]) == 0
-                if empty:
-                    batch = self.placeholder()
-                    self.skipped_batches += 1
-                elif self.normalize is not None:
-                    batch = self.normalize(batch)
-                with acc.accumulate(self.model):
-                    loss = step(batch, epoch, batch_index)
-                    finite = torch.isfinite(loss.detach())
-                    acc.backward(loss * 0.0 if empty else loss)
-                    cycle += torch.stack([(~finite).float(), torch.ones((), device=device) * (not empty)])
-                    if acc.sync_gradients:
-                        bad, with_images = acc.reduce(cycle, "sum").tolist()
-                        cycle.zero_()
-                        self._optimizer_step(bad > 0, with_images > 0)
-                if not empty:
-                    counted = finite.float()
-                    window += torch.stack([torch.where(finite, loss.detach().float(), 0.0), counted])
-                    epoch_sum += torch.stack([torch.where(finite, loss.detach().float(), 0.0), counted,
-                                              torch.ones((), device=device)])
-                    window_images += len(batch["pixel_values"]) * acc.num_processes
-                if acc.sync_gradients:
-                    if self.nonfinite.tripped:
-                        self.run_log.write({"event": "stopped", "step": self.update_step,
-                                            "reason": "non-finite loss", "nonfinite_steps": self.nonfinite.total})
-                        raise self.nonfinite.error(self._intact_note())
-                    self.update_step += 1
-                    progress.update(1)
-                    if self.update_step % self.logging_steps == 0 or self.update_step == sched.total_updates:
-                        elapsed = time.perf_counter() - window_start
-                        self._log(epoch + batches_in_epoch / sched.batches_per_epoch, window,
-                                  window_images / elapsed, window_wait / elapsed, progress)
-                        window.zero_()
-                        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
-                    if (self.checkpoint_every and self.update_step % self.checkpoint_every == 0
-                            and batches_in_epoch < sched.batches_per_epoch):  # the epoch's own follows its end
-                        totals = (acc.reduce(epoch_sum.clone(), "sum") / acc.num_processes).tolist()
-                        self.checkpoint(epoch, batches_in_epoch, tuple(totals), extra_state())
-                    if self.update_step >= sched.total_updates:
-                        done = True
-                        break
-                wait_start = time.perf_counter()
-            loss_sum, finite_count, with_images = acc.reduce(epoch_sum, "sum").tolist()
-            if with_images == 0 and batches_in_epoch > 0:
-                raise NoDecodableImagesError(
-                    f"no decodable image in the training data: every one of the {batches_in_epoch} batches of "
-                    f"epoch {epoch + 1} was skipped ({self._reduced_bad_images()} undecodable images). Check the "
-                    "data (the warnings above name the files).")
-            epoch_done = epoch + 1
-            if on_epoch_end is not None:
-                on_epoch_end(epoch_done, loss_sum / finite_count if finite_count else None, done)
-            if batches_in_epoch >= sched.batches_per_epoch:
-                self.checkpoint(epoch_done, 0, (0.0, 0.0, 0.0), extra_state())
+            batches_in_epoch, epoch_sum, done = self._run_epoch(step, epoch, state)
+            self._end_epoch(epoch, batches_in_epoch, epoch_sum, done, on_epoch_end, extra_state)
         progress.close()
-        return {"optimizer_steps": self.update_step, "epochs": sched.epochs, "nonfinite_steps": self.nonfinite.total,
-                "skipped_batches": self.skipped_batches, "skipped_images": self._reduced_bad_images(),
-                "final_loss": self.last_loss, "peak_lr": self.peak_lr, "warmup_steps": sched.warmup_updates,
+        return self._summary()
+
+    def _run_epoch(self, step, epoch: int, state: _Pass) -> tuple[int, torch.Tensor, bool]:
+        """One epoch (the rest of one, when resumed mid-epoch). Returns (batches drawn in the epoch, its on-device
+        [loss sum, finite micro-batches, batches with images], whether the schedule ended in it)."""
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+        active = self.accelerator.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches \
+            else self.loader
+        batches_in_epoch, self.skip_batches = self.skip_batches, 0
+        epoch_sum = torch.tensor(self.epoch_totals, device=self.accelerator.device)
+        self.epoch_totals = (0.0, 0.0, 0.0)
+        wait_start = time.perf_counter()
+        for batch in active:
+            state.window_wait += time.perf_counter() - wait_start
+            batch_index, batches_in_epoch = batches_in_epoch, batches_in_epoch + 1  # counts every batch drawn
+            self._micro_batch(step, batch, epoch, batch_index, epoch_sum, state)
+            if self.accelerator.sync_gradients and self._after_update(epoch, batches_in_epoch, epoch_sum, state):
+                return batches_in_epoch, epoch_sum, True
+            wait_start = time.perf_counter()
+        return batches_in_epoch, epoch_sum, False
+
+    def _micro_batch(self, step, batch, epoch: int, batch_index: int, epoch_sum: torch.Tensor, state: _Pass) -> None:
+        """Step accounting: forward/backward of one micro-batch (a placeholder for one with no decodable image),
+        the optimizer step at the end of an accumulation cycle, the on-device loss sums."""
+        acc, device = self.accelerator, self.accelerator.device
+        empty = len(batch["pixel_values"]) == 0
+        if empty:
+            batch = self.placeholder()
+            self.skipped_batches += 1
+        elif self.normalize is not None:
+            batch = self.normalize(batch)
+        with acc.accumulate(self.model):
+            loss = step(batch, epoch, batch_index)
+            finite = torch.isfinite(loss.detach())
+            acc.backward(loss * 0.0 if empty else loss)
+            state.cycle += torch.stack([(~finite).float(), torch.ones((), device=device) * (not empty)])
+            if acc.sync_gradients:
+                bad, with_images = acc.reduce(state.cycle, "sum").tolist()
+                state.cycle.zero_()
+                self._optimizer_step(bad > 0, with_images > 0)
+        if not empty:
+            kept, counted = torch.where(finite, loss.detach().float(), 0.0), finite.float()
+            state.window += torch.stack([kept, counted])
+            epoch_sum += torch.stack([kept, counted, torch.ones((), device=device)])
+            state.window_images += len(batch["pixel_values"]) * acc.num_processes
+
+    def _after_update(self, epoch: int, batches_in_epoch: int, epoch_sum: torch.Tensor, state: _Pass) -> bool:
+        """The stop and checkpoint policy after an optimizer step: stop on too many non-finite steps in a row,
+        log every `logging_steps`, write a mid-epoch checkpoint every `checkpoint_every`. True when the schedule
+        is done."""
+        total = self.schedule.total_updates
+        if self.nonfinite.tripped:
+            self.run_log.write({"event": "stopped", "step": self.update_step, "reason": "non-finite loss",
+                                "nonfinite_steps": self.nonfinite.total})
+            raise self.nonfinite.error(self._intact_note())
+        self.update_step += 1
+        state.progress.update(1)
+        if self.update_step % self.config.logging_steps == 0 or self.update_step == total:
+            self._log(epoch + batches_in_epoch / self.schedule.batches_per_epoch, state)
+        every = self.config.checkpoint_every
+        if every and self.update_step % every == 0 and batches_in_epoch < self.schedule.batches_per_epoch:
+            # mid-epoch only: the epoch's own checkpoint follows its end
+            totals = (self.accelerator.reduce(epoch_sum.clone(), "sum") / self.accelerator.num_processes).tolist()
+            self.checkpoint(epoch, batches_in_epoch, tuple(totals), state.extra_state())
+        return self.update_step >= total
+
+    def _end_epoch(self, epoch: int, batches_in_epoch: int, epoch_sum: torch.Tensor, done: bool, on_epoch_end,
+                   extra_state) -> None:
+        """An epoch with no decodable image is an error; else the program's `on_epoch_end`, then the epoch's
+        checkpoint (when the epoch ran to its end)."""
+        loss_sum, finite_count, with_images = self.accelerator.reduce(epoch_sum, "sum").tolist()
+        if with_images == 0 and batches_in_epoch > 0:
+            raise NoDecodableImagesError(
+                f"no decodable image in the training data: every one of the {batches_in_epoch} batches of "
+                f"epoch {epoch + 1} was skipped ({self._reduced_bad_images()} undecodable images). Check the "
+                "data (the warnings above name the files).")
+        epoch_done = epoch + 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch_done, loss_sum / finite_count if finite_count else None, done)
+        if batches_in_epoch >= self.schedule.batches_per_epoch:
+            self.checkpoint(epoch_done, 0, (0.0, 0.0, 0.0), extra_state())
+
+    def _summary(self) -> dict:
+        return {"optimizer_steps": self.update_step, "epochs": self.schedule.epochs,
+                "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
+                "skipped_images": self._reduced_bad_images(), "final_loss": self.last_loss, "peak_lr": self.peak_lr,
+                "warmup_steps": self.schedule.warmup_updates,
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
 
     def _optimizer_step(self, nonfinite: bool, has_images: bool) -> None:
@@ -256,8 +300,8 @@ class TrainingLoop:
         if has_images or nonfinite:
             self.nonfinite.record(nonfinite)
         if has_images and not nonfinite:
-            lr = lr_at_step(self.update_step, self.schedule.total_updates, self.schedule.warmup_updates, self.lr,
-                            self.min_lr)
+            lr = self.lr_schedule(self.update_step, self.schedule.total_updates, self.schedule.warmup_updates,
+                                  self.lr, self.min_lr)
             self.peak_lr = max(self.peak_lr, set_lr(self.optimizer, lr))
             if self.max_grad_norm:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -268,19 +312,27 @@ class TrainingLoop:
         return int(self.accelerator.reduce(torch.tensor(float(self.bad_images()), device=self.accelerator.device),
                                            "sum").item())
 
-    def _log(self, epoch: float, window: torch.Tensor, images_per_s: float, wait_fraction: float, progress) -> None:
+    def _log(self, epoch: float, state: _Pass) -> None:
+        """One log record of the window since the last (mean loss, lr, images/s, data-wait fraction), then a new
+        window."""
+        elapsed = time.perf_counter() - state.window_start
         loss_sum, finite, bad_images = self.accelerator.reduce(
-            torch.cat([window, torch.tensor([float(self.bad_images())], device=window.device)]), "sum").tolist()
+            torch.cat([state.window, torch.tensor([float(self.bad_images())], device=state.window.device)]),
+            "sum").tolist()
         mean_loss = loss_sum / finite if finite else None  # None: no finite loss in the window
         self.last_loss = mean_loss if mean_loss is not None else self.last_loss
         record = {"step": self.update_step, "epoch": round(epoch, 4), "loss": mean_loss,
                   "lr": max(group["lr"] for group in self.optimizer.param_groups),
-                  "images_per_s": round(images_per_s, 2), "data_wait_fraction": round(wait_fraction, 4),
+                  "images_per_s": round(state.window_images / elapsed, 2),
+                  "data_wait_fraction": round(state.window_wait / elapsed, 4),
                   "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
                   "skipped_images": int(bad_images)}
         self.run_log.write(record, step=self.update_step)
-        progress.set_postfix(loss="non-finite" if mean_loss is None else f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
+        state.progress.set_postfix(loss="non-finite" if mean_loss is None else f"{mean_loss:.4f}",
+                                   lr=f"{record['lr']:.2e}")
+        state.window.zero_()
+        state.window_images, state.window_wait, state.window_start = 0, 0.0, time.perf_counter()
 
 
-__all__ = ["NoDecodableImagesError", "NonFiniteGuard", "NonFiniteLossError", "Schedule", "TrainingLoop",
-           "WarmupWarning", "placeholder_batch", "plan_schedule"]
+__all__ = ["LoopConfig", "NoDecodableImagesError", "NonFiniteGuard", "NonFiniteLossError", "Schedule",
+           "TrainingLoop", "WarmupWarning", "placeholder_batch", "plan_schedule"]

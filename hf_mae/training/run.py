@@ -7,6 +7,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,51 +83,66 @@ def trackers_from(report_to: str | None) -> list[str] | str | None:
     return available or None
 
 
-def cpu_threads_per_process(args, accelerator) -> int:
-    """`--cpu_threads`, else the cores this process may use shared among the local processes.
+def cpu_threads_per_process(cpu_threads: int | None, accelerator) -> int:
+    """`cpu_threads` when given, else the cores this process may use shared among the local processes.
 
     `accelerate launch` exports OMP_NUM_THREADS=1 on machines without a GPU (one physical core per process
     by its count), which halves the speed of a 2-core machine; set the thread count from the cores instead.
     """
-    if getattr(args, "cpu_threads", None):
-        return args.cpu_threads
+    if cpu_threads:
+        return cpu_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     return max(1, cores // max(1, local))
 
 
-def start_run(args, program: str, *, inputs=(), gradient_accumulation_steps: int = 1, save_args: bool = False):
+@dataclass(frozen=True)
+class RunConfig:
+    """How a program's run starts: its output folder, seed, precision, threads, trackers, and its settings (what
+    training_args.json and the trackers' config record)."""
+
+    output_dir: str | Path
+    seed: int = 0
+    mixed_precision: str = "auto"
+    overwrite_output_dir: bool = False
+    resume: bool = False  # continuing from a checkpoint: the run log is kept
+    report_to: str | None = None
+    cpu_threads: int | None = None
+    settings: Mapping = field(default_factory=dict)
+
+
+def start_run(config: RunConfig, program: str, *, inputs=(), gradient_accumulation_steps: int = 1,
+              save_settings: bool = False):
     """Claim the output folder, build the Accelerator (mixed precision resolved, CPU threads set), seed, and
-    open the run log (fresh unless resuming); `save_args` writes training_args.json (what a training run's
-    model card reads). Returns (accelerator, run_log, out_dir)."""
+    open the run log (fresh unless resuming); `save_settings` writes `config.settings` to training_args.json (what
+    a training run's model card reads). Returns (accelerator, run_log, out_dir)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
     from .allocator import keep_freed_memory
     from .precision import resolve_mixed_precision
 
-    resume = bool(getattr(args, "resume_from_checkpoint", None))
-    out = check_output_dir(args.output_dir, program, overwrite=args.overwrite_output_dir, resume=resume,
+    out = check_output_dir(config.output_dir, program, overwrite=config.overwrite_output_dir, resume=config.resume,
                            inputs=inputs)
-    log_with = trackers_from(getattr(args, "report_to", None))
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision),
+    log_with = trackers_from(config.report_to)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
                               gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
                               project_dir=str(out),  # pinned batches are copied to a GPU without waiting:
                               dataloader_config=DataLoaderConfiguration(non_blocking=True))
-    set_seed(args.seed)
+    set_seed(config.seed)
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(cpu_threads_per_process(args, accelerator))
+        torch.set_num_threads(cpu_threads_per_process(config.cpu_threads, accelerator))
         keep_freed_memory()  # no page faults to reallocate each step's activations
     accelerator.wait_for_everyone()  # every process has checked the folder before one writes into it
     if accelerator.is_main_process:
-        take_output_dir(out, program, overwrite=args.overwrite_output_dir)
-        if not resume:
+        take_output_dir(out, program, overwrite=config.overwrite_output_dir)
+        if not config.resume:
             (out / "log.jsonl").unlink(missing_ok=True)
-        if save_args:
-            write_json(out / "training_args.json", vars(args))
+        if save_settings:
+            write_json(out / "training_args.json", dict(config.settings))
         if accelerator.log_with:
             accelerator.init_trackers("hf_mae_" + re.sub(r"\W+", "_", program).lower(),
-                                      config={k: v for k, v in vars(args).items()
+                                      config={k: v for k, v in config.settings.items()
                                               if isinstance(v, (int, float, str, bool))})
     accelerator.wait_for_everyone()
     return accelerator, RunLog(accelerator, out / "log.jsonl"), out
