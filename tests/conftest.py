@@ -1,8 +1,12 @@
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import hashlib  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -17,6 +21,23 @@ from hf_mae import MAEConfig  # noqa: E402
 TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
             decoder_num_attention_heads=2)
+
+
+TIMEOUT_SCALE_ENV = "HF_MAE_TEST_TIMEOUT_SCALE"
+
+
+def subprocess_timeout(base_seconds: float) -> float:
+    """`base_seconds` (what a child process takes on an idle 2-core machine, with room to spare) times
+    $HF_MAE_TEST_TIMEOUT_SCALE (default 1): a loaded machine raises the scale and the suite runs slowly instead of
+    failing. Only the test's own guard scales; a program's own timeouts, and bounds asserted on them, do not."""
+    raw = os.environ.get(TIMEOUT_SCALE_ENV, "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"${TIMEOUT_SCALE_ENV} must be a positive number (a multiplier such as 3), got {raw!r}")
+    return base_seconds * scale
 
 
 def tiny_config(**overrides) -> MAEConfig:
@@ -56,6 +77,37 @@ def write_two_class_folders(root: Path, counts: dict, size: int = 20, seed: int 
     return root
 
 
+def folder_digest(folder: Path) -> dict:
+    """sha256 of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def two_class_root(tmp_path_factory) -> Path:
+    """The labelled data the evaluation and training programs read, built once per session and shared READ-ONLY:
+    imagefolder splits `train` (16 per class) and `val` (8 per class) of 20x20 two-class pictures (the
+    16x16 model resizes them), a tiny
+    pretraining checkpoint `pretrain` (seed 1), a tiny encoder `encoder` (seed 0) and the tiny model's
+    `tiny.json`. A test that adds or changes files works on `copy_of(two_class_root, ...)`; the teardown
+    fails if anything under it changed."""
+    from hf_mae import MAEModel
+
+    root = write_two_class_folders(tmp_path_factory.mktemp("two_class"), {"train": 16, "val": 8}, low=180)
+    save_tiny_checkpoint(root / "pretrain", seed=1)
+    save_tiny_checkpoint(root / "encoder", seed=0, model_class=MAEModel)
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    before = folder_digest(root)
+    yield root
+    assert folder_digest(root) == before, f"a test changed the shared data under {root}: copy it first (copy_of)"
+
+
+def copy_of(source: Path, destination: Path) -> Path:
+    """A writable copy of shared read-only data (`two_class_root`), for a test or fixture that adds files."""
+    shutil.copytree(source, destination)
+    return destination
+
+
 @pytest.fixture
 def config() -> MAEConfig:
     return tiny_config()
@@ -86,3 +138,4 @@ def assert_same_weights(folder_a: Path, folder_b: Path, atol: float = 1e-6) -> N
     assert a.keys() == b.keys()
     for key, value in a.items():
         assert torch.allclose(value, b[key], atol=atol), key
+

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_timeout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(args, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, *args, "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=subprocess_timeout(600))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -37,7 +38,7 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
 
 def test_gpu_benchmark_refuses_without_a_gpu():
     proc = subprocess.run([sys.executable, "benchmarks/benchmark_gpu.py"], cwd=REPO, capture_output=True, text=True,
-                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=300)
+                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""}, timeout=subprocess_timeout(300))
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
@@ -130,7 +131,7 @@ def test_mfu_flops_per_image_from_the_config():
 def test_gpu_end_to_end_script_dry_run(tmp_path):
     """Everything tiny on the CPU (~1-2 minutes on 2 cores): data, pretrain, synthetic step, loader, FSDP resume."""
     proc = subprocess.run([sys.executable, "benchmarks/gpu_end_to_end.py", "--dry_run", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout(900))
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"]["images"] == 48 and summary["data"]["shards"] == 3

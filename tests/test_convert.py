@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import subprocess_timeout, tiny_config
 from safetensors.torch import save_file
 from transformers import (
     AutoImageProcessor,
@@ -409,7 +409,7 @@ def test_script_never_overwrites_without_flag(tmp_path, capsys):
 
 def test_script_help_documents_every_flag():
     result = subprocess.run([sys.executable, "scripts/convert_checkpoint.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120,
+                            capture_output=True, text=True, timeout=subprocess_timeout(120),
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     for flag in ("--to", "--config", "--allow_unknown_keys", "--overwrite", "--verbose", "input", "output"):
@@ -555,7 +555,8 @@ def test_from_transformers_goes_through_load_any(tmp_path, monkeypatch):
 def test_module_cli_runs_from_anywhere(tmp_path):
     """`python -m hf_mae.cli.convert_checkpoint` works outside the repository (no scripts/, no sys.path edits)."""
     result = subprocess.run([sys.executable, "-m", "hf_mae.cli.convert_checkpoint", "--help"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            capture_output=True, text=True, timeout=subprocess_timeout(120),
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "examples:" in result.stdout and "--overwrite" in result.stdout
 
@@ -582,8 +583,8 @@ def test_a_killed_conversion_leaves_no_output(tmp_path):
     save_file(export_state_dict(MAEModel(tiny_config()), "timm"), source)
     out = tmp_path / "hf"
     result = subprocess.run([sys.executable, "-c", KILLED, str(source), str(out), "--config",
-                             '{"num_attention_heads": 2}'], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             '{"num_attention_heads": 2}'], capture_output=True, text=True,
+                            timeout=subprocess_timeout(120), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == -9, result.stderr[-2000:]
     assert not out.exists()
     assert [p.name.startswith(".hf.") and p.name.endswith(".tmp") for p in tmp_path.iterdir() if p != source] == [True]

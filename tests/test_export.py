@@ -14,7 +14,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import subprocess_timeout, tiny_config
 from PIL import Image
 
 from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
@@ -223,7 +223,7 @@ def test_exported_classifier_runs_without_hf_mae(tmp_path, saved):
     with torch.no_grad():
         np.save(tmp_path / "logits.npy", model(x).logits.numpy())
     result = subprocess.run([sys.executable, "-c", STANDALONE, str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=subprocess_timeout(120))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "standalone ok" in result.stdout
 
@@ -371,7 +371,7 @@ def test_a_kill_never_leaves_a_half_written_model_file(tmp_path, saved):
     folder marked as an interrupted export; running the export again finishes it and leaves no temporary file."""
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-c", KILLED, str(saved / "encoder"), str(out)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            text=True, timeout=subprocess_timeout(300), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == -9, result.stderr[-2000:]  # killed, as the test meant
     assert sorted(p.name for p in out.iterdir()) == [".model.onnx.tmp", "hf_mae_run.json"]
     assert json.loads((out / "hf_mae_run.json").read_text())["status"] == "running"
@@ -403,7 +403,7 @@ def test_bad_numeric_flags_are_named_at_parse_time(flag, value, capsys):
 def test_module_cli_and_shim(tmp_path):
     """`python -m hf_mae.cli.export --help` from any folder; scripts/export.py only forwards to it."""
     result = subprocess.run([sys.executable, "-m", "hf_mae.cli.export", "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            text=True, timeout=subprocess_timeout(120), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0 and "--overwrite" in result.stdout and "--output_dir" in result.stdout
     shim = (Path(__file__).resolve().parents[1] / "scripts" / "export.py").read_text()
     assert "from hf_mae.cli.export import main, parse_args" in shim and "sys.path" not in shim

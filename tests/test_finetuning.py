@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_weights, save_tiny_checkpoint, write_two_class_folders
+from conftest import assert_same_weights
 from transformers import AutoModelForImageClassification
 
 from hf_mae.cli.finetune import main, parse_args
@@ -62,11 +62,9 @@ def test_cutmix_box_is_clipped_and_draws_are_reproducible():
 # --- end to end --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    root = write_two_class_folders(tmp_path_factory.mktemp("finetune"), {"train": 16, "val": 8}, size=16, low=180)
-    save_tiny_checkpoint(root / "pretrain", seed=1)
-    return root
+@pytest.fixture
+def root(two_class_root) -> Path:
+    return two_class_root  # train 16 + val 8 per class and `pretrain`, shared read-only
 
 
 def test_augmentation_defaults_and_bad_values(capsys):

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import huggingface_hub.utils._http as hf_http
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import subprocess_timeout, tiny_config
 from hub_server import FakeHub, SilentServer
 from huggingface_hub import ModelCard, close_session, constants
 from PIL import Image
@@ -291,7 +291,7 @@ def loaded(built, tmp_path_factory):
     (tmp / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp / "modules")}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "spec.json")], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return SimpleNamespace(out=torch.load(tmp / "out.pt"), pixels=pixels, noise=noise,
                            image=Image.open(tmp / "image.png"))
@@ -540,7 +540,7 @@ def test_cli_subprocess_honours_hf_endpoint(hub, runs, tmp_path):
            "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1,localhost"}
     proc = subprocess.run([sys.executable, "scripts/push_to_hub.py", "--checkpoint", str(runs.pre),
                            "--encoder_repo", "tester/cli-enc", "--format", "vit", "--private"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pushed tester/cli-enc" in proc.stdout
     assert TOKEN not in proc.stdout + proc.stderr
@@ -615,7 +615,7 @@ def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
     """`python -m hf_mae.push_to_hub` (what the retry command runs) from a folder that is not the repository."""
     proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                            "--encoder_repo", "tester/anywhere"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pushed tester/anywhere" in proc.stdout and len(hub.repo("tester/anywhere").commits) == 1
     assert "scripts/" not in hub_module.retry_command(checkpoint=runs.pre, encoder_repo="tester/anywhere")
@@ -631,7 +631,7 @@ def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                                "--encoder_repo", "tester/silent", "--timeout", "2", "--attempts", "2"],
                               cwd=tmp_path, env=push_env(silent.url, tmp_path), capture_output=True, text=True,
-                              timeout=120)
+                              timeout=subprocess_timeout(120))
         elapsed = time.monotonic() - start
         connections = silent.connections
     output = proc.stdout + proc.stderr
@@ -719,7 +719,7 @@ def test_cli_with_a_server_echoing_the_token(hub, runs, tmp_path):
     hub.echo_auth = 401
     proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
                            "--encoder_repo", "tester/leak"], cwd=tmp_path, env=push_env(hub.url, tmp_path),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert proc.returncode == 1 and "refused the token (HTTP 401" in proc.stderr, proc.stderr[-3000:]
     assert "hf_***" in proc.stderr and TOKEN not in proc.stdout + proc.stderr
 
@@ -775,7 +775,7 @@ def test_real_hub_round_trip(runs, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_MODULES_CACHE": str(tmp_path / "modules"),
            "HF_HUB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", REAL_HUB_CHILD, str(runs.pre)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=subprocess_timeout(600))
     assert proc.returncode == 0 and "REAL HUB OK" in proc.stdout, proc.stderr[-3000:]
 
 

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_checkpoint, write_two_class_folders
 
-from hf_mae import MAEModel
 from hf_mae.cli.knn_eval import main as knn_main
 from hf_mae.cli.knn_eval import parse_args as parse_knn_args
 from hf_mae.evaluation.classification import ACCURACY_TOPK_PATH, topk_accuracy
@@ -53,11 +51,9 @@ def test_topk_metric_loads_by_path_offline():
         metric.compute(predictions=[[0.1, 0.9]], references=[2])
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    root = write_two_class_folders(tmp_path_factory.mktemp("knn"), {"train": 12, "val": 6}, size=16, seed=7, low=180)
-    save_tiny_checkpoint(root / "encoder", seed=0, model_class=MAEModel)
-    return root
+@pytest.fixture
+def root(two_class_root) -> Path:
+    return two_class_root  # train 16 + val 8 per class and an `encoder`, shared read-only
 
 
 @pytest.mark.parametrize("baseline", [None, "--raw_pixels", "--random_init"])
@@ -67,7 +63,7 @@ def test_knn_eval_writes_results(root, tmp_path, baseline):
     results = knn_main(parse_knn_args(argv + ([baseline] if baseline else [])))
     saved = json.loads((tmp_path / "knn" / "results.json").read_text())
     assert saved["knn_top1"] == results["knn_top1"] and saved["k"] == 5 and saved["temperature"] == 0.07
-    assert saved["num_train"] == 24 and saved["num_eval"] == 12 and saved["num_labels"] == 2
+    assert saved["num_train"] == 32 and saved["num_eval"] == 16 and saved["num_labels"] == 2
     if baseline == "--raw_pixels":
         assert saved["features"] == "raw_pixels" and saved["feature_dim"] == 768
         assert saved["knn_top1"] == 100.0  # the two classes are far apart in pixel space

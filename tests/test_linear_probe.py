@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, save_tiny_checkpoint, write_two_class_folders
+from conftest import TINY
 from transformers import AutoModelForImageClassification
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor
@@ -17,17 +17,21 @@ from hf_mae.evaluation.classifier import load_classifier
 from hf_mae.evaluation.probe import ProbeHead, probe_logits
 
 
+@pytest.fixture
+def root(two_class_root) -> Path:
+    """Image folders (train 16 + val 8 per class) and a tiny pretraining folder whose seed (1) is not the probe's:
+    --random_init must differ. Shared, read-only."""
+    return two_class_root
+
+
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """Image folders (train 24 + val 12 per class), an unlabelled parquet, and a tiny pretraining folder."""
-    root = tmp_path_factory.mktemp("probe")
-    write_two_class_folders(root, {"train": 24, "val": 12}, size=20, low=180)
-    (root / "unlabelled").mkdir()
-    image = {"bytes": (root / "train" / "a_left" / "0.png").read_bytes(), "path": None}
+def unlabelled(two_class_root, tmp_path_factory) -> Path:
+    """A parquet dataset (train + validation splits) with images and no label column."""
+    folder = tmp_path_factory.mktemp("unlabelled")
+    image = {"bytes": (two_class_root / "train" / "a_left" / "0.png").read_bytes(), "path": None}
     for split in ("train", "validation"):
-        pq.write_table(pa.table({"image": [image] * 4}), root / "unlabelled" / f"{split}.parquet")
-    save_tiny_checkpoint(root / "pretrain", seed=123)  # not the probe's seed: --random_init must differ
-    return root
+        pq.write_table(pa.table({"image": [image] * 4}), folder / f"{split}.parquet")
+    return folder
 
 
 def probe(root: Path, out: Path, *extra: str) -> dict:
@@ -62,7 +66,7 @@ def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, mo
     assert results["top1"] >= 90 and results["top5"] == 100  # 2 separable classes: chance is 50%
     saved = json.loads((out / "results.json").read_text())
     assert saved["top1"] == results["top1"] and saved["pooling"] == "cls" and saved["mode"] == "cached_features"
-    assert saved["num_train"] == 48 and saved["num_eval"] == 24 and saved["optimizer_steps"] == 60 * 3
+    assert saved["num_train"] == 32 and saved["num_eval"] == 16 and saved["optimizer_steps"] == 60 * 2
     assert saved["effective_batch_size"] == 16 and saved["lr"] == pytest.approx(100 * 16 / 256)
 
     # LARS on the head only (BatchNorm has no affine parameters, the encoder is frozen), lr annealed to 0
@@ -75,7 +79,7 @@ def test_probe_learns_and_the_saved_probe_is_the_trained_head(root, tmp_path, mo
     # the saved folder is the trained probe: BN statistics from training, labels by name, logits equal
     assert type(model).__name__ == "MAEForImageClassification" and model.config.classifier_head == "linear_probe"
     assert model.config.id2label == {0: "a_left", 1: "b_top"} and model.config.num_labels == 2
-    assert model.fc_norm.num_batches_tracked.item() == 180 and not torch.allclose(
+    assert model.fc_norm.num_batches_tracked.item() == 120 and not torch.allclose(
         model.fc_norm.running_var, torch.ones(32))
     cache = torch.load(out / "features.pt", weights_only=False)
     eval_features, eval_labels, skipped = cache["eval"]
@@ -123,8 +127,8 @@ def test_batchnorm_folds_into_the_linear_layer():
 def test_augment_mode_uses_accumulation_and_the_schedule(root, tmp_path):
     results = probe(root, tmp_path / "aug", "--augment", "--epochs", "2", "--per_device_batch_size", "8",
                     "--gradient_accumulation_steps", "2", "--crop_min_scale", "0.5")
-    # 48 images / 8 = 6 micro-batches per epoch -> 3 optimizer steps per epoch
-    assert results["mode"] == "augment" and results["optimizer_steps"] == 6 and results["effective_batch_size"] == 16
+    # 32 images / 8 = 4 micro-batches per epoch -> 2 optimizer steps per epoch
+    assert results["mode"] == "augment" and results["optimizer_steps"] == 4 and results["effective_batch_size"] == 16
     log = [json.loads(line) for line in (tmp_path / "aug" / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r.get("event") == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and "eval_top1" in epochs[-1]
@@ -162,7 +166,7 @@ def test_load_classifier_sources(root, tmp_path):
     assert isinstance(tuned.fc_norm, torch.nn.LayerNorm) and tuned.head.weight.abs().max() < 1e-3
 
 
-def test_bad_inputs_are_clear_errors(root, tmp_path):
+def test_bad_inputs_are_clear_errors(root, unlabelled, tmp_path):
     # a probe for 3 classes applied to 2-class data
     probe3 = MAEForImageClassification(MAEConfig(**TINY, num_labels=3))
     probe3.save_pretrained(tmp_path / "probe3")
@@ -187,9 +191,9 @@ def test_bad_inputs_are_clear_errors(root, tmp_path):
     # data without labels, a missing label column, no held-out split
     common = ["--model", str(root / "pretrain"), "--output_dir", str(tmp_path / "d")]
     with pytest.raises(ValueError, match="has no labels: no label column was found"):
-        main(parse_args([*common, "--dataset_name", str(root / "unlabelled")]))
+        main(parse_args([*common, "--dataset_name", str(unlabelled)]))
     with pytest.raises(ValueError, match="no held-out split 'validation'"):
-        main(parse_args([*common, "--data_files", str(root / "unlabelled" / "train.parquet")]))
+        main(parse_args([*common, "--data_files", str(unlabelled / "train.parquet")]))
     with pytest.raises(ValueError, match="label column 'species' not found"):
         probe(root, tmp_path / "f", "--label_column", "species")
     with pytest.raises(SystemExit, match="hub_model_id"):

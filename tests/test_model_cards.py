@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import subprocess_timeout, tiny_config
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
@@ -85,7 +85,7 @@ def test_push_to_hub_uploads_the_card_and_the_code(tmp_path):
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf_home")}
         proc = subprocess.run([sys.executable, "-c", PUSH_CHILD, str(Path(__file__).parent), str(tmp_path / "local")],
-                              env=env, capture_output=True, text=True, timeout=120)
+                              env=env, capture_output=True, text=True, timeout=subprocess_timeout(120))
         assert proc.returncode == 0, proc.stderr[-3000:]
         for repo_id in ("tester/mae-card", "tester/mae-card-2"):
             repo = hub.repos[("model", repo_id)]
@@ -111,7 +111,8 @@ def test_templates_ship_in_the_wheel(tmp_path):
     templates = sorted(p.name for p in (REPO_ROOT / "model_cards").glob("*.md"))
     assert templates == ["encoder.md", "pretraining.md", "probe.md"]
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                           "-q", "-w", str(tmp_path / "wheels")], capture_output=True, text=True, timeout=300)
+                           "-q", "-w", str(tmp_path / "wheels")], capture_output=True, text=True,
+                          timeout=subprocess_timeout(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = (tmp_path / "wheels").glob("hf_mae-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, assert_same_weights, two_class_picture, write_two_class_folders
+from conftest import TINY, assert_same_weights, subprocess_timeout, two_class_picture, write_two_class_folders
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
@@ -176,7 +176,7 @@ def test_sigkill_then_resume_latest(data_root, tmp_path):
             "--epochs", "20", "--num_workers", "0", "--checkpointing_steps", "2", "--knn_every", "-1",
             "--image_log_every", "0", "--mixed_precision", "no"]
     proc = _script(*args)
-    deadline = time.time() + 120
+    deadline = time.time() + subprocess_timeout(120)
     while time.time() < deadline and not list((out / "checkpoints").glob("checkpoint-*")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # 80 steps with a checkpoint every 2: killed long before the end
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_latest(data_root, tmp_path):
     assert not (out / "results.json").exists()
     assert not list((out / "checkpoints").glob(".checkpoint-*.tmp/training_state.json"))
     finished = _script(*args, "--resume_from_checkpoint", "latest")  # the same command, resumed
-    output, _ = finished.communicate(timeout=300)
+    output, _ = finished.communicate(timeout=subprocess_timeout(300))
     assert finished.returncode == 0, output[-3000:]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     starts = [r for r in records if r.get("event") == "start"]  # a resume continues the log: two starts
@@ -199,7 +199,7 @@ def test_two_processes_see_different_data_and_write_once(data_root, tmp_path):
                    "--model_config", str(data_root / "tiny.json"), "--data_files", str(data_root / "train.parquet"),
                    "--output_dir", str(out), "--per_device_batch_size", "4", "--epochs", "1", "--num_workers", "0",
                    "--knn_every", "-1", "--mixed_precision", "no", env={"ACCELERATE_USE_CPU": "1"})
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=subprocess_timeout(300))
     assert proc.returncode == 0, output[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     starts = [r for r in log if r.get("event") == "start"]

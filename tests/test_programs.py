@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY, save_tiny_checkpoint, two_class_picture, write_two_class_folders
+from conftest import copy_of, save_tiny_checkpoint, two_class_picture
 from safetensors.torch import load_file
 
 from hf_mae.cli import finetune as finetuning
@@ -36,12 +36,10 @@ def png_bytes(label: int, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """Image folders (train 8 + val 4 per class), a tiny pretraining checkpoint, and a parquet training set of
-    16 images whose first batch of 8 (in the seed-0 epoch-0 order) is all undecodable."""
-    root = write_two_class_folders(tmp_path_factory.mktemp("programs"), {"train": 8, "val": 4}, size=16, low=180)
-    save_tiny_checkpoint(root / "pretrain", seed=1)
-    (root / "tiny.json").write_text(json.dumps(TINY))
+def root(two_class_root, tmp_path_factory) -> Path:
+    """A copy of the shared data (image folders train 16 + val 8 per class, `pretrain`, `tiny.json`) plus a parquet
+    training set of 16 images whose first batch of 8 (in the seed-0 epoch-0 order) is all undecodable."""
+    root = copy_of(two_class_root, tmp_path_factory.mktemp("programs") / "data")
     first_batch = set(torch.randperm(16, generator=seeded_generator(0, 0))[:8].tolist())  # the sampler's order
     rows = [(b"not an image" if i in first_batch else png_bytes(i % 2, i), i % 2) for i in range(16)]
     table = {"image": [{"bytes": b, "path": None} for b, _ in rows], "label": [label for _, label in rows]}
@@ -61,13 +59,14 @@ def root(tmp_path_factory) -> Path:
 
 def args_for(program: str, root: Path, out: Path, *extra: str, data=None) -> list[str]:
     common = ["--output_dir", str(out), "--num_workers", "0", "--mixed_precision", "no", "--cpu_threads", "1"]
+    # 32 training images / 8 per batch: 4 optimizer steps per epoch
     data = ["--train_dir", str(root / "train"), "--eval_dir", str(root / "val")] if data is None else data
     if program == "pretrain":
-        return [*common, *data, "--model_config", str(root / "tiny.json"), "--per_device_batch_size", "4",
+        return [*common, *data, "--model_config", str(root / "tiny.json"), "--per_device_batch_size", "8",
                 "--epochs", "2", "--knn_every", "-1", "--image_log_every", "0", "--warmup_epochs", "0", *extra]
     if program == "knn":
         return [*common, *data, "--model", str(root / "pretrain"), "--k", "3", *extra]
-    return [*common, *data, "--model", str(root / "pretrain"), "--per_device_batch_size", "4", "--epochs", "2",
+    return [*common, *data, "--model", str(root / "pretrain"), "--per_device_batch_size", "8", "--epochs", "2",
             "--warmup_epochs", "0", *extra]
 
 
@@ -369,4 +368,4 @@ def test_a_folder_another_live_run_is_writing_is_refused(root, tmp_path):
     finally:
         other.kill()
         other.wait()
-    assert run("knn", root, out)["num_eval"] == 8  # that run is gone and wrote no checkpoint: start afresh
+    assert run("knn", root, out)["num_eval"] == 16  # that run is gone and wrote no checkpoint: start afresh

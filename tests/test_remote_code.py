@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import torch
-from conftest import tiny_config
+from conftest import subprocess_timeout, tiny_config
 
 from hf_mae import MAEForPreTraining, MAEImageProcessor
 from hf_mae.models.mae.modeling_mae import AUTO_MAP
@@ -58,7 +58,7 @@ def test_saved_folder_loads_without_hf_mae(tmp_path):
     torch.save(pixels, tmp_path / "pixels.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(tmp_path / "pixels.pt")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=subprocess_timeout(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result["config"] == "MAEConfig" and result["pretraining"] == "MAEForPreTraining"
