@@ -246,3 +246,13 @@ def test_resume_continues_exactly(tiny_run):
                    "--resume_from_checkpoint", str(ckpt[0])])
     assert resumed["mean_iou"] == pytest.approx(straight["mean_iou"], abs=1e-6)
     assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-6)  # the same weights at the end
+
+
+def test_card_carries_the_miou_in_its_model_index(tiny_run):
+    from hf_mae.cli.segment import segmentation_card
+
+    root, _, results = tiny_run
+    card = segmentation_card(root / "out", "me/digit-seg")
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["mean_iou"] == pytest.approx(results["mean_iou"], abs=1e-3)
+    assert "image-segmentation" in str(card) and "UperNet" in str(card)
