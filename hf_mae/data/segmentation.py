@@ -18,8 +18,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import datasets
@@ -28,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from ..atomic import replace_folder
 from ..models.mae.image_processing_mae import convert_image_mode
 from .decoding import _DECODE_ERRORS, _open_image, prepare_columns
 from .sources import LoadedDataInfo, load_embedded_default, load_image_datasets
@@ -94,17 +93,9 @@ def load_digit_scenes(cache_dir=None) -> datasets.DatasetDict:
     root = cache_dir or os.environ.get("HF_MAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_mae")
     folder = os.path.join(os.fspath(root), SCENES_NAME)
     if not os.path.exists(os.path.join(folder, "dataset_dict.json")):
-        os.makedirs(root, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{SCENES_NAME}.tmp-", dir=root)  # renamed whole: never half a cache
-        try:
-            build_digit_scenes(cache_dir=cache_dir).save_to_disk(staging)
-            try:
-                os.replace(staging, folder)
-            except OSError:
-                if not os.path.exists(os.path.join(folder, "dataset_dict.json")):
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        # renamed whole: never half a cache; a concurrent rank that finished first keeps its copy
+        with replace_folder(folder, keep_if=lambda f: (f / "dataset_dict.json").exists()) as staging:
+            build_digit_scenes(cache_dir=cache_dir).save_to_disk(str(staging))
     return datasets.load_from_disk(folder)
 
 
