@@ -178,10 +178,11 @@ def build_demo(model: str, classifier: str | None = None):
     import gradio as gr
 
     models = load_demo_models(model, classifier)
+    note = STATISTICS_NOTES["visible" if models.norm_pix_loss else None]
     with gr.Blocks(title=f"hf_mae demo: {model}") as demo:
         gr.Markdown(f"## Masked autoencoder: {model}\nMask a share of the image's patches and see what the "
                     f"model fills in: original | masked | reconstruction | reconstruction with the visible "
-                    f"patches pasted back. {STATISTICS_NOTES[None if not models.norm_pix_loss else 'visible']}.")
+                    f"patches pasted back. {note[0].upper() + note[1:]}.")
         controls = _controls(gr, models)
         controls["digit_button"].click(heldout_digit, inputs=controls["digit_index"],
                                        outputs=[controls["image"], controls["digit_label"]], api_name="heldout_digit")
