@@ -139,3 +139,8 @@ def assert_same_weights(folder_a: Path, folder_b: Path, atol: float = 1e-6) -> N
     for key, value in a.items():
         assert torch.allclose(value, b[key], atol=atol), key
 
+
+def pytest_configure(config):
+    # marks that transformers' common test mixins (run by tests/test_transformers_common.py) put on their tests
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common test mixins")

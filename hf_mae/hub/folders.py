@@ -109,6 +109,9 @@ def _copy_model_files(src: Path, dst: Path) -> None:
 def _vit_processor_config(mae_processor: dict, num_channels: int) -> dict:
     """A ViTImageProcessor config with the same resize / crop / rescale / normalise as the MAE processor."""
     out = {key: mae_processor[key] for key in _VIT_PROCESSOR_KEYS if key in mae_processor}
+    size, crop_pct = out.get("size") or {}, mae_processor.get("crop_pct")
+    if crop_pct and set(size) == {"shortest_edge"}:  # ViT has no crop_pct: give it the resize edge itself
+        out["size"] = {"shortest_edge": int(round(size["shortest_edge"] / crop_pct))}
     out["image_processor_type"] = "ViTImageProcessor"
     out["do_convert_rgb"] = num_channels == 3  # 1-channel models take grayscale ("L") images as they are
     return out

@@ -100,6 +100,9 @@ class MAEConfig(BackboneConfigMixin, PreTrainedConfig):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        for alias, field in self.attribute_map.items():  # the seed's names first: the stage names need the depth
+            if alias in kwargs:
+                setattr(self, field, kwargs.pop(alias))
         if self.num_hidden_layers < 0:  # checked here too: the stage names below need a count >= 0
             raise ValueError(f"num_hidden_layers must be >= 0, got {self.num_hidden_layers}")
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
 
@@ -171,9 +171,13 @@ def _hwc_to_chw(array: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
 
 
-class MAEImagesKwargs(ImagesKwargs, total=False):
+class MAEImageProcessorKwargs(ImagesKwargs, total=False):
     patch_size: int
     num_channels: int
+    crop_pct: float
+
+
+MAEImageProcessorFastKwargs = MAEImageProcessorKwargs  # transformers looks the kwargs class up by processor name
 
 
 class MAEImageProcessor(PilBackend):
@@ -181,19 +185,29 @@ class MAEImageProcessor(PilBackend):
 
     Defaults are the official evaluation transform for 224 px: resize to 256 (bicubic), crop 224, ImageNet
     mean/std. `MAEImageProcessor.for_config(config)` sizes it for any `MAEConfig`.
+
+    `size` follows the convention transformers' example programs read (`size["shortest_edge"]`, or height /
+    width, is the model's input): with `crop_pct` (ConvNeXt's field), the shortest edge is first resized to
+    `size["shortest_edge"] / crop_pct` (224 / 0.875 = 256), then center-cropped to `crop_size`. A processor
+    given the resize edge itself (`size={"shortest_edge": 256}` with a 224 crop and no `crop_pct`, as saved
+    before `crop_pct` existed) is read as `shortest_edge=224, crop_pct=224/256`: the same preprocessing.
+
+    `do_convert_rgb`: None (default) or True converts every input to the processor's mode ("L" or "RGB", see
+    `convert_image_mode`); False keeps an image's channels as given (e.g. 4-channel arrays pass unchanged).
     """
 
-    valid_kwargs = MAEImagesKwargs
+    valid_kwargs = MAEImageProcessorKwargs
     resample = PILImageResampling.BICUBIC
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
-    size = {"shortest_edge": 256}
+    size = {"shortest_edge": 224}
+    crop_pct = 0.875
     crop_size = {"height": 224, "width": 224}
     do_resize = True
     do_center_crop = True
     do_rescale = True
     do_normalize = True
-    do_convert_rgb = False  # mode conversion is done by `convert_image_mode`, for 1 or 3 channels
+    do_convert_rgb = None  # None / True: `convert_image_mode` to the processor's channels; False: as given
     patch_size = 16
     num_channels = 3
 
@@ -202,7 +216,8 @@ class MAEImageProcessor(PilBackend):
         """A processor matching `config` (crop = image_size, resize = image_size / crop_pct, channels)."""
         height, width = (config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size
         defaults = {
-            "size": {"shortest_edge": int(round(min(height, width) / crop_pct))},
+            "size": {"shortest_edge": min(height, width)},
+            "crop_pct": crop_pct,
             "crop_size": {"height": height, "width": width},
             "patch_size": config.patch_size,
             "num_channels": config.num_channels,
@@ -217,7 +232,22 @@ class MAEImageProcessor(PilBackend):
         size = kwargs.get("size")
         if isinstance(size, dict) and "height" in size and "crop_size" not in kwargs:
             kwargs["crop_size"] = dict(size)  # a fixed output size: no crop to another size behind it
+        _resize_edge_as_crop_pct(kwargs)
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs):
+        """Saved processors without `crop_pct` predate the `do_convert_rgb` switch: their stored False meant
+        "convert to the processor's mode", which is now None."""
+        if "crop_pct" not in image_processor_dict and image_processor_dict.get("do_convert_rgb") is False:
+            image_processor_dict = {**image_processor_dict, "do_convert_rgb": None}
+        return super().from_dict(image_processor_dict, **kwargs)
+
+    def resize(self, image, size, resample=None, **kwargs):
+        """The shortest edge goes to `size["shortest_edge"] / crop_pct` when `crop_pct` is set."""
+        if self.crop_pct and getattr(size, "shortest_edge", None) and not getattr(size, "longest_edge", None):
+            size = SizeDict(shortest_edge=int(round(size.shortest_edge / self.crop_pct)))
+        return super().resize(image, size, resample, **kwargs)
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
         """transformers' batching rules, plus single-band (H, W) arrays and tensors (one image each)."""
@@ -229,8 +259,12 @@ class MAEImageProcessor(PilBackend):
             return list(images)
         return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
 
-    def process_image(self, image, *args, num_channels: int | None = None, **kwargs) -> np.ndarray:
-        """Any supported input (see the module docstring) -> (C, H, W) uint8 at the processor's channels."""
+    def process_image(self, image, *args, num_channels: int | None = None, do_convert_rgb: bool | None = None,
+                      **kwargs) -> np.ndarray:
+        """Any supported input (see the module docstring) -> (C, H, W) uint8 at the processor's channels, or
+        with the image's own channels when `do_convert_rgb=False`."""
+        if do_convert_rgb is False and not isinstance(image, Image.Image):
+            return super().process_image(image, *args, do_convert_rgb=False, **kwargs)
         channels = self.num_channels if num_channels is None else num_channels
         kwargs.pop("input_data_format", None)  # the layout is inferred by `to_channels_first`
         return to_channels_first(image, channels)
@@ -308,6 +342,21 @@ class MAEImageProcessor(PilBackend):
         std = torch.tensor(self.image_std, dtype=images.dtype).reshape(1, -1, 1, 1)[:, :channels]
         images = images * std + mean if self.do_normalize else images
         return images.clamp(0, 1)
+
+
+def _resize_edge_as_crop_pct(kwargs: dict) -> None:
+    """`size={"shortest_edge": E}` with a smaller center crop C and no `crop_pct` (the resize edge given as
+    `size`) becomes `size={"shortest_edge": C}, crop_pct=C / E`, which resizes to E as before."""
+    size, crop = kwargs.get("size"), kwargs.get("crop_size")
+    if kwargs.get("crop_pct") is not None or not kwargs.get("do_center_crop", True):
+        return
+    if not (isinstance(size, dict) and set(size) == {"shortest_edge"} and isinstance(crop, dict)):
+        return
+    edge, side = size["shortest_edge"], min(crop["height"], crop["width"])
+    if edge > side:
+        kwargs["size"], kwargs["crop_pct"] = {"shortest_edge": side}, side / edge
+    else:
+        kwargs["crop_pct"] = None  # the edge is the resize target itself
 
 
 def _output_size(processor) -> tuple[int, int] | None:
@@ -409,5 +458,6 @@ def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top:top + height, left:left + width]
 
 
-__all__ = ["MAEImageProcessor", "MAEImageProcessorFast", "check_processor_matches", "convert_image_mode",
-           "to_channels_first", "patchify", "unpatchify", "normalize_patches", "denormalize_patches"]
+__all__ = ["MAEImageProcessor", "MAEImageProcessorFast", "MAEImageProcessorKwargs", "check_processor_matches",
+           "convert_image_mode", "to_channels_first", "patchify", "unpatchify", "normalize_patches",
+           "denormalize_patches"]
