@@ -70,7 +70,7 @@ from .arguments import (
 
 # Unset flags take these values on the embedded digit scenes (2,000 training scenes of 56x56) or mmsegmentation's
 # ViT-B ADE20K values elsewhere.
-EMBEDDED_DEFAULTS = {"max_train_steps": 600, "per_device_batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 50,
+EMBEDDED_DEFAULTS = {"max_train_steps": 300, "per_device_batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 30,
                      "crop_size": 56, "hflip": False, "eval_mode": "whole", "head_hidden_size": 64}
 PAPER_DEFAULTS = {"max_train_steps": 160_000, "per_device_batch_size": 16, "learning_rate": 1e-4,
                   "warmup_steps": 1500, "crop_size": 512, "hflip": True, "eval_mode": "slide",
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attn_implementation", default=None, help="sdpa or eager (default: eager on CPU, else sdpa)")
     recipe = parser.add_argument_group("recipe (unset: mmsegmentation's values, or the embedded-data defaults)")
     recipe.add_argument("--max_train_steps", type=positive_int, default=None,
-                        help="optimizer steps (mmsegmentation 160000; embedded 600)")
+                        help="optimizer steps (mmsegmentation 160000; embedded 300)")
     recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
                         help="images per device per step (mmsegmentation 16 in all; embedded 16)")
     recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="peak lr (mmsegmentation 1e-4; embedded 1e-3)")
     recipe.add_argument("--min_lr", type=nonnegative_float, default=0.0, help="poly decay floor (0)")
     recipe.add_argument("--warmup_steps", type=nonnegative_int, default=None,
-                        help="linear warmup steps (mmsegmentation 1500; embedded 50)")
+                        help="linear warmup steps (mmsegmentation 1500; embedded 30)")
     recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.05, help="AdamW weight decay (0.05)")
     recipe.add_argument("--layer_decay", type=scale_fraction, default=0.65,
                         help="layer-wise lr decay over the encoder blocks (0.65)")
