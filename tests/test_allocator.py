@@ -32,6 +32,7 @@ def page_faults(**env) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings exist on Linux only")
 def test_freed_memory_is_reused_without_page_faults():
     applied, faults = page_faults()

@@ -99,6 +99,7 @@ def train_steps(model, step_loss, steps: int = 15, lr: float = 3e-3) -> list[flo
     return losses
 
 
+@pytest.mark.slow
 def test_upernet_segmentation_on_mae_backbone_trains(tmp_path):
     folder = save_tiny_checkpoint(tmp_path / "pretraining", seed=0)
     backbone = AutoBackbone.from_pretrained(folder, out_indices=[1, 2])
@@ -112,6 +113,7 @@ def test_upernet_segmentation_on_mae_backbone_trains(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_upernet_with_the_feature_pyramid_trains():
     backbone_config = tiny_config(num_hidden_layers=4, out_indices=[1, 2, 3, 4], add_fpn=True)
     # UperNet's defaults, auxiliary head included (it reads the third map), but a narrow head for speed
@@ -123,6 +125,7 @@ def test_upernet_with_the_feature_pyramid_trains():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_dpt_depth_on_mae_backbone_trains():
     backbone_config = tiny_config(num_hidden_layers=4, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
     config = DPTConfig(backbone_config=backbone_config, is_hybrid=False, neck_hidden_sizes=[8, 16, 32, 32],

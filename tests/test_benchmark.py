@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_timeout
 
+pytestmark = pytest.mark.benchmarks
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def run(args, tmp_path):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_cpu_benchmark_small_training_step(tmp_path):
     results, stdout = run(["benchmarks/benchmark.py", "--case", "train_small", "--rounds", "1", "--repeats", "1",
                            "--warmup", "0"], tmp_path)
@@ -27,6 +30,7 @@ def test_cpu_benchmark_small_training_step(tmp_path):
     assert "| train_small |" in stdout
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--rounds", "1", "--repeats",
                            "1", "--warmup", "1"], tmp_path)
@@ -42,6 +46,7 @@ def test_gpu_benchmark_refuses_without_a_gpu():
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_deadline_drops_optional_variants_only(tmp_path):
     results, stdout = run(["benchmarks/benchmark_gpu.py", "--dry_run", "--no_compile", "--sdpa_backends", "MATH",
                            "--deadline_s", "0.001", "--rounds", "1", "--repeats", "1", "--warmup", "1"], tmp_path)
@@ -97,6 +102,7 @@ def test_encoder_only_attention_switch_leaves_the_decoder_alone():
     assert torch.allclose(model(pixel_values=pixels, noise=noise).loss, before, atol=1e-5)  # same function
 
 
+@pytest.mark.slow
 def test_loader_case_writes_the_speedup_and_every_layout(tmp_path):
     results, stdout = run(["benchmarks/benchmark.py", "--case", "loader", "--images", "8", "--rounds", "1",
                            "--loader_batch", "4"], tmp_path)
@@ -107,6 +113,7 @@ def test_loader_case_writes_the_speedup_and_every_layout(tmp_path):
     assert "| loader, parquet, per core |" in stdout
 
 
+@pytest.mark.slow
 def test_stages_and_prepared_cases_run(tmp_path):
     results, _ = run(["benchmarks/benchmark.py", "--case", "stages", "--images", "4", "--rounds", "1"], tmp_path)
     stages = results["cases"]["stages"]["stages"]

@@ -407,6 +407,7 @@ def test_script_never_overwrites_without_flag(tmp_path, capsys):
     assert ".safetensors or" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_script_help_documents_every_flag():
     result = subprocess.run([sys.executable, "scripts/convert_checkpoint.py", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=subprocess_timeout(120),
@@ -576,6 +577,7 @@ convert.main(convert.parse_args(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_conversion_leaves_no_output(tmp_path):
     """SIGKILL while the hf_mae folder is being written: the output path does not exist (only a hidden
     temporary folder beside it), so nothing half-written can be loaded by mistake."""

@@ -400,6 +400,7 @@ def test_bad_numeric_flags_are_named_at_parse_time(flag, value, capsys):
     assert info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_cli_and_shim(tmp_path):
     """`python -m hf_mae.cli.export --help` from any folder; scripts/export.py only forwards to it."""
     result = subprocess.run([sys.executable, "-m", "hf_mae.cli.export", "--help"], cwd=tmp_path, capture_output=True,

@@ -297,6 +297,7 @@ def loaded(built, tmp_path_factory):
                            image=Image.open(tmp / "image.png"))
 
 
+@pytest.mark.slow
 def test_folders_load_without_hf_mae_and_match(loaded, runs):
     out = loaded.out
     assert out["hf_mae_modules"] == []
@@ -328,6 +329,7 @@ def test_folders_load_without_hf_mae_and_match(loaded, runs):
         torch.testing.assert_close(out[name]["processed"], reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_card_snippets_run_without_hf_mae(loaded):
     out = loaded.out
     assert "torch.Size([1, 32]) torch.Size([1, 16, 32])" in out["snippet encoder-hf_mae"]
@@ -534,6 +536,7 @@ def test_connection_dropped_mid_commit_then_retry(hub, runs, client_path, monkey
     assert_untouched(runs)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_honours_hf_endpoint(hub, runs, tmp_path):
     """`python scripts/push_to_hub.py` from the repo root; HF_ENDPOINT set before huggingface_hub loads."""
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
@@ -611,6 +614,7 @@ def push_env(endpoint: str, tmp_path: Path, **extra) -> dict:
             "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1,localhost", **extra}
 
 
+@pytest.mark.slow
 def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
     """`python -m hf_mae.push_to_hub` (what the retry command runs) from a folder that is not the repository."""
     proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),
@@ -622,6 +626,7 @@ def test_module_cli_runs_from_any_folder(hub, runs, tmp_path):
     assert not hasattr(hub_module, "PUSH_SCRIPT")
 
 
+@pytest.mark.slow
 def test_endpoint_that_never_answers_fails_in_bounded_time(runs, tmp_path):
     """`python -m hf_mae.push_to_hub ... --timeout 2 --attempts 2` against an endpoint that accepts the connection and
     never answers: it fails within the timeouts instead of hanging silently, says so, prints the retry
@@ -715,6 +720,7 @@ def test_server_echoing_the_token_never_shows_it(hub, runs, status, no_backoff_s
     assert_untouched(runs)
 
 
+@pytest.mark.slow
 def test_cli_with_a_server_echoing_the_token(hub, runs, tmp_path):
     hub.echo_auth = 401
     proc = subprocess.run([sys.executable, "-m", "hf_mae.push_to_hub", "--checkpoint", str(runs.pre),

@@ -78,6 +78,7 @@ PUSH_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_the_card_and_the_code(tmp_path):
     from hub_server import FakeHub
 

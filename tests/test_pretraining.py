@@ -52,6 +52,7 @@ def run(data_root: Path, out: Path, *extra: str) -> dict:
     return main(parse_args(argv))
 
 
+@pytest.mark.slow
 def test_imagefolder_run_writes_every_output(data_root, tmp_path):
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="corrupt.png"):
@@ -169,6 +170,7 @@ def _script(*args: str, env=None, **kwargs):
                             text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_latest(data_root, tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "scripts/pretrain.py", "--model_config", str(data_root / "tiny.json"), "--data_files",
@@ -192,6 +194,7 @@ def test_sigkill_then_resume_latest(data_root, tmp_path):
     assert json.loads((out / "results.json").read_text())["optimizer_steps"] == 80
 
 
+@pytest.mark.slow
 def test_two_processes_see_different_data_and_write_once(data_root, tmp_path):
     out = tmp_path / "ddp"
     proc = _script(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

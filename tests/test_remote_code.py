@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from conftest import subprocess_timeout, tiny_config
 
@@ -44,6 +45,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_without_hf_mae(tmp_path):
     model = MAEForPreTraining(tiny_config()).eval()
     folder = tmp_path / "checkpoint"
@@ -96,6 +98,7 @@ PROMPT_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_installed_hf_mae_loads_its_folders_without_a_prompt_in_a_terminal(tmp_path):
     """transformers asks "Do you wish to run the custom code? [y/N]" (and waits 15 s) only where stdin is a
     terminal: run the loads under a pseudo-terminal, as a user at a shell would."""
