@@ -86,11 +86,10 @@ def folder_digest(folder: Path) -> dict:
 @pytest.fixture(scope="session")
 def two_class_root(tmp_path_factory) -> Path:
     """The labelled data the evaluation and training programs read, built once per session and shared READ-ONLY:
-    imagefolder splits `train` (16 per class) and `val` (8 per class) of 20x20 two-class pictures (the
-    16x16 model resizes them), a tiny
-    pretraining checkpoint `pretrain` (seed 1), a tiny encoder `encoder` (seed 0) and the tiny model's
-    `tiny.json`. A test that adds or changes files works on `copy_of(two_class_root, ...)`; the teardown
-    fails if anything under it changed."""
+    imagefolder splits `train` (16 per class) and `val` (8 per class) of 20x20 two-class pictures (the 16x16
+    model resizes them), a tiny pretraining checkpoint `pretrain` (seed 1), a tiny encoder `encoder` (seed 0) and
+    the tiny model's `tiny.json`. A test that adds or changes files works on `copy_of(two_class_root, ...)`; the
+    teardown fails if anything under it changed."""
     from hf_mae import MAEModel
 
     root = write_two_class_folders(tmp_path_factory.mktemp("two_class"), {"train": 16, "val": 8}, low=180)
