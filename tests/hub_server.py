@@ -43,7 +43,8 @@ class FakeHub:
     `hang_commits` = True: commit requests get no answer until the server stops; `create_errors` = a list of
     HTTP statuses answered, one each, by the next repos/create requests (e.g. [503, 503]: two transient
     failures); `echo_auth` = an HTTP status answered to repos/create whose JSON body and X-Error-Message header
-    echo the request's Authorization header (a server that leaks what it was sent).
+    echo the request's Authorization header (a server that leaks what it was sent); `commit_status` = an HTTP
+    status answered to every commit request (e.g. 500: a Hub that keeps failing).
     """
 
     def __init__(self, token: str):
@@ -57,6 +58,7 @@ class FakeHub:
         self.hang_commits = False
         self.create_errors: list[int] = []
         self.echo_auth: int | None = None
+        self.commit_status: int | None = None
         self._stopping = threading.Event()
         self.commit_attempts: Counter[str] = Counter()  # repo id -> commit requests received
         self._lock = threading.Lock()
@@ -228,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         with fake._lock:
             fake.commit_attempts[repo.repo_id] += 1
+        if fake.commit_status is not None:
+            self._send(fake.commit_status, {"error": f"commit failed with {fake.commit_status}"})
+            return
         if fake.hang_commits:
             fake._stopping.wait()  # read the whole request, then never answer
             return

@@ -15,6 +15,8 @@ from .cards import _WHAT
 from .folders import Upload, build_upload_folders, describe_uploads
 from .http import (
     RETRY_BACKOFF_S,
+    HubBudgetSpent,
+    RetryBudget,
     _describe_http_error,
     _transient,
     hub_attempts,
@@ -107,21 +109,24 @@ def push_folder(upload: Upload, *, api: HfApi, private: bool = False, revision: 
     return info.commit_url
 
 
-def _push_with_retries(upload: Upload, *, api: HfApi, private: bool, revision: str | None, attempts: int,
-                       token: str | None) -> str:
+def _push_with_retries(upload: Upload, *, api: HfApi, private: bool, revision: str | None,
+                       budget: RetryBudget, token: str | None) -> str:
     """`push_folder`, tried again after transient failures (no answer in time, network errors, HTTP 408 / 429 /
-    5xx) up to `attempts` tries in all, RETRY_BACKOFF_S, 2x, 4x ... (at most 60) seconds apart."""
-    for attempt in range(1, attempts + 1):
+    5xx) up to `budget.attempts` tries in all, RETRY_BACKOFF_S, 2x, 4x ... (at most 60) seconds apart. The
+    client's transport counts every failed request against the one budget of this repo and raises it past
+    huggingface_hub's own retries, so this loop is the only one that retries."""
+    budget.start()
+    for attempt in range(1, budget.attempts + 1):
         try:
             return push_folder(upload, api=api, private=private, revision=revision)
-        except (KeyboardInterrupt, SystemExit, ValueError):
+        except (KeyboardInterrupt, SystemExit, ValueError, HubBudgetSpent):
             raise
         except Exception as err:  # noqa: BLE001 - HTTP errors and network failures from the client
-            if attempt == attempts or not _transient(err):
+            if attempt == budget.attempts or not _transient(err):
                 raise
             wait = min(60.0, RETRY_BACKOFF_S * 2 ** (attempt - 1))
             logger.warning("Pushing %s failed (%s); trying again in %g s (attempt %d of %d)", upload.repo_id,
-                           _describe_http_error(err, upload.repo_id, token), wait, attempt + 1, attempts)
+                           _describe_http_error(err, upload.repo_id, token), wait, attempt + 1, budget.attempts)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -170,13 +175,13 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
                        "was imported). Unset HF_HUB_OFFLINE to push.", sources, command, {})
     api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hf_mae")
     pushed: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="hf_mae_push_") as tmp, hub_client_timeouts(timeout):
+    with tempfile.TemporaryDirectory(prefix="hf_mae_push_") as tmp, hub_client_timeouts(timeout, attempts) as budget:
         uploads = build_upload_folders(tmp, **kwargs)
         for upload in uploads:
             what = _WHAT[upload.kind]
             try:
                 pushed[upload.repo_id] = _push_with_retries(upload, api=api, private=private, revision=revision,
-                                                            attempts=attempts, token=token)
+                                                            budget=budget, token=token)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except ValueError as err:  # a repo of another type, or invalid metadata found by the client
@@ -184,7 +189,8 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
             except Exception as err:  # noqa: BLE001 - HTTP errors and network failures from the client
                 detail = _describe_http_error(err, upload.repo_id, token)
                 if _transient(err):
-                    detail += (f" (after {attempts} attempt{'s' if attempts > 1 else ''}, {timeout:g} s timeout"
+                    tries = max(budget.failures, 1)
+                    detail += (f" (after {tries} attempt{'s' if tries > 1 else ''}, {timeout:g} s timeout"
                                f" per request)")
                 if "network" in detail:
                     detail += ". The commit may or may not have reached the Hub; retrying is safe"
