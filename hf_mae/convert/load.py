@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import torch
+
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel, sincos_pos_embed
 from .config_inference import _infer_fields
@@ -148,6 +150,11 @@ def load_any(source, config=None, strict: bool = True):
             f"{description} lacks {len(report.missing)} key(s) of {model_class.__name__}: "
             f"{_first(report.missing)}{hint}. Pass strict=False (convert_checkpoint.py --allow_unknown_keys) "
             f"to keep their initial values")
+    not_finite = [key for key, tensor in to_load.items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if not_finite:
+        raise ConversionError(f"{description}: {len(not_finite)} tensor(s) hold NaN or inf: {_first(not_finite)}; "
+                              f"refusing to convert weights that are not finite")
     result = model.load_state_dict(to_load, strict=False)
     assert not result.unexpected_keys and sorted(result.missing_keys) == sorted(report.missing), result
     return model.eval(), report

@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 
+from ..models.loading import HEAD_PREFIXES, load_weights
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForImageClassification
@@ -123,15 +124,11 @@ def load_classifier(name_or_path: str, *, classifier_head: str, num_labels: int,
         note = f"random init of the {architecture} architecture of {name_or_path}"
     else:
         with quiet_transformers():
-            model, info = MAEForImageClassification.from_pretrained(
-                name_or_path, config=config, output_loading_info=True, ignore_mismatched_sizes=not keep_head)
-        missing = sorted(k for k in info["missing_keys"] if k.startswith("encoder."))
-        if missing:
-            raise ValueError(f"{name_or_path!r} is not a complete MAE encoder: {len(missing)} encoder tensors are "
-                             f"missing from its weights (e.g. {', '.join(missing[:3])}).")
+            model, info = load_weights(MAEForImageClassification, name_or_path, config=config,
+                                       new_head=not keep_head)
         if not keep_head:
             reset_classifier_head(model)
-        dropped = len([k for k in info["unexpected_keys"] if not k.startswith(("fc_norm.", "head."))])
+        dropped = len([k for k in info["unexpected_keys"] if not k.startswith(HEAD_PREFIXES)])
         note = (f"encoder of {architecture} {name_or_path}" + (f" ({dropped} decoder tensors dropped)" if dropped
                                                                  else "")
                 + ("; head loaded from the checkpoint" if keep_head else "; new head"))

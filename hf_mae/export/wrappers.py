@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..convert.vitmae import fold_batchnorm
+from ..models.loading import load_weights
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
@@ -114,7 +115,7 @@ def example_input(config: MAEConfig, batch_size: int = 2, seed: int = 0) -> torc
 def load_model(name_or_path: str, revision: str | None = None, attn_implementation: str = "sdpa"):
     """The encoder or classifier at `name_or_path` (a local `save_pretrained` folder or a Hub id) and its
     image processor (the folder's, else one sized for the config). Refuses pretraining models."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor
 
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
@@ -128,8 +129,8 @@ def load_model(name_or_path: str, revision: str | None = None, attn_implementati
     architecture = (config.architectures or ["MAEModel"])[0]
     if architecture == "MAEForPreTraining":
         raise pretraining_error(name_or_path)
-    auto = AutoModelForImageClassification if architecture == "MAEForImageClassification" else AutoModel
-    model = auto.from_pretrained(name_or_path, revision=revision, attn_implementation=attn_implementation)
+    model_class = MAEForImageClassification if architecture == "MAEForImageClassification" else MAEModel
+    model, _ = load_weights(model_class, name_or_path, revision=revision, attn_implementation=attn_implementation)
     try:
         processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
     except (OSError, ValueError):

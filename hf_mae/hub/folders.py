@@ -11,6 +11,7 @@ from transformers import ViTForImageClassification
 
 from ..atomic import write_json
 from ..convert.vitmae import fold_batchnorm, to_transformers
+from ..models.loading import load_weights
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor, check_processor_matches
 from ..models.mae.modeling_mae import AUTO_MAP, MAEForImageClassification, MAEForPreTraining, MAEModel
@@ -165,13 +166,13 @@ def build_encoder_folder(checkpoint, out_dir, *, format: str = "hf_mae") -> Path
         _check_model_folder(checkpoint, "MAEForPreTraining", "pretraining model")
     check_processor(source or checkpoint)
     if source is None:
-        encoder = MAEForPreTraining.from_pretrained(checkpoint).encoder
+        encoder = load_weights(MAEForPreTraining, checkpoint)[0].encoder
         processor_dir = checkpoint
     elif format == "hf_mae":
         _copy_model_files(source, out_dir)
         return out_dir
     else:
-        encoder, processor_dir = MAEModel.from_pretrained(source), source
+        encoder, processor_dir = load_weights(MAEModel, source)[0], source
     if format == "hf_mae":
         encoder.save_pretrained(out_dir)
         MAEImageProcessor.from_pretrained(processor_dir).save_pretrained(out_dir)
@@ -191,7 +192,7 @@ def build_probe_folder(probe, out_dir, *, format: str = "hf_mae") -> Path:
     if format == "hf_mae":
         _copy_model_files(probe, out_dir)
     else:
-        model = MAEForImageClassification.from_pretrained(probe).eval()
+        model = load_weights(MAEForImageClassification, probe)[0].eval()
         vit_classifier_from_mae(model).save_pretrained(out_dir)
         processor = _read_json(probe / "preprocessor_config.json")
         write_json(out_dir / "preprocessor_config.json", _vit_processor_config(processor, model.config.num_channels),

@@ -4,6 +4,7 @@ Layout and state-dict names follow the official `models_mae.py` (`patch_embed.pr
 `decoder_blocks.i`), so converting official or timm weights is a rename. Masking convention: 1 = removed.
 """
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,6 +643,38 @@ class MAEFeaturePyramid(nn.Module):
         return self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])
 
 
+ENCODER_TENSOR = re.compile(r"(?:encoder\.)?(?:cls_token|pos_embed|patch_embed\.|blocks\.|norm\.)")
+
+
+def check_loaded_weights(model: nn.Module, info: dict, source, new_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Refuse a load that left the encoder incomplete: any encoder tensor missing, unexpected or of another shape
+    raises ValueError naming the tensors, and so does any non-finite weight. Tensors under `new_prefixes` (a new
+    head) may be missing or of another shape; returns those that were new. Unexpected tensors outside the
+    encoder (a decoder, another head) are dropped."""
+    mismatched = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in info.get("mismatched_keys", ())}
+    missing = set(info.get("missing_keys", ())) | set(mismatched)
+    new = sorted(key for key in missing if key.startswith(new_prefixes))
+    problems = []
+    for what, keys in (("missing from the checkpoint", missing - set(mismatched) - set(new)),
+                       ("not in this model (renamed or extra layers)",
+                        {k for k in info.get("unexpected_keys", ()) if ENCODER_TENSOR.match(k)})):
+        if keys:
+            problems.append(f"{len(keys)} encoder tensor(s) {what}: {', '.join(sorted(keys)[:4])}")
+    wrong_shape = [f"{k} (checkpoint {c}, config {m})" for k, (c, m) in sorted(mismatched.items()) if k not in new]
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} tensor(s) of another shape than its config.json says: "
+                        f"{', '.join(wrong_shape[:3])}")
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        problems.append(f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:4])}")
+    if problems:
+        raise ValueError(f"{source}: the weights do not fit {type(model).__name__}: " + "; ".join(problems)
+                         + ". Give the folder the weights were saved in, unedited (convert other layouts with "
+                           "scripts/convert_checkpoint.py).")
+    return new
+
+
 class MAEBackbone(BackboneMixin, MAEPreTrainedModel):
     """The MAE encoder as a transformers backbone (AutoBackbone) for dense-prediction heads (UperNet, DPT...).
 
@@ -665,10 +698,13 @@ class MAEBackbone(BackboneMixin, MAEPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        wants_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported by name below, not loaded at random
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        check_loaded_weights(model, info, args[0] if args else kwargs.get("pretrained_model_name_or_path"),
+                             new_prefixes=("fpn.",))
         model.encoder.norm.requires_grad_(False)  # loading re-creates the parameters
-        return loaded
+        return (model, info) if wants_info else model
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs) -> BackboneOutput:

