@@ -113,3 +113,79 @@ def test_stock_vit_folder_refuses_a_broken_encoder(tmp_path):
     edit_weights(checkpoint / "encoder", lambda t: t.pop("blocks.0.norm1.weight"))
     with pytest.raises(ValueError, match="blocks.0.norm1.weight"):
         build_encoder_folder(checkpoint, tmp_path / "out", format="vit")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# labels: one vocabulary per dataset
+# ----------------------------------------------------------------------------------------------------------
+def write_parquet(folder: Path, split_labels: dict, feature=None) -> dict:
+    """One parquet file per split of 1x1 PNGs with the given labels; returns the data_files dict."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    image = {"bytes": buffer.getvalue(), "path": None}
+    files = {}
+    for split, labels in split_labels.items():
+        features = datasets.Features({"image": datasets.Image(), "label": feature or datasets.Value(
+            "string" if any(isinstance(v, str) for v in labels) else
+            "float64" if any(isinstance(v, float) for v in labels) else "int64")})
+        path = folder / f"{split}.parquet"
+        datasets.Dataset.from_dict({"image": [image] * len(labels), "label": labels}, features=features) \
+            .to_parquet(path)
+        files[split] = str(path)
+    return files
+
+
+def load(tmp_path, split_labels, feature=None):
+    from hf_mae.data.sources import load_image_datasets
+
+    return load_image_datasets(data_files=write_parquet(tmp_path, split_labels, feature),
+                               cache_dir=str(tmp_path / "cache"))
+
+
+def test_string_labels_share_the_training_vocabulary(tmp_path):
+    train, evaluation, info = load(tmp_path, {"train": ["cat", "dog", "fox", "dog"],
+                                              "validation": ["fox", "cat"]})
+    assert info.label_names == ["cat", "dog", "fox"] and info.num_labels == 3
+    assert evaluation["label"] == [2, 0]  # "fox" stays fox, not the validation split's own id 1
+    assert train["label"] == [0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("layout, split, row", [
+    ({"train": ["cat", "dog"], "validation": ["cat", "fox"]}, "validation", 1),  # a class seen only in evaluation
+    ({"train": [0, 1, 2], "validation": [1, 3]}, "validation", 1),  # an id beyond the training classes
+    ({"train": [0, -1, 2], "validation": [1]}, "train", 1),  # negative
+    ({"train": [0, None, 1], "validation": [1]}, "train", 1),  # None
+    ({"train": [0.0, 1.5], "validation": [1.0]}, "train", 0),  # floats are no class ids
+    ({"train": ["a", None], "validation": ["a"]}, "train", 1),  # a missing name
+])
+def test_labels_outside_the_vocabulary_are_named_with_split_and_row(tmp_path, layout, split, row):
+    from hf_mae.data.labels import LabelError
+
+    with pytest.raises(LabelError, match=rf"The {split} split's label in row {row} is"):
+        load(tmp_path, layout)
+
+
+def test_class_label_features_are_checked_too(tmp_path):
+    from hf_mae.data.labels import LabelError
+
+    names = datasets.ClassLabel(names=["a", "b"])
+    train, evaluation, info = load(tmp_path, {"train": [0, 1], "validation": [1]}, feature=names)
+    assert info.label_names == ["a", "b"] and evaluation["label"] == [1]
+    with pytest.raises(LabelError, match="row 2 is -1"):  # -1, datasets' "no label", is no class
+        load(tmp_path / "unlabelled", {"train": [0, 1, -1], "validation": [1]}, feature=names)
+
+
+def test_held_out_class_label_with_other_names_is_realigned(tmp_path):
+    from hf_mae.data.labels import encode_labels
+
+    image = datasets.Image()
+    train = datasets.Dataset.from_dict({"image": [None] * 3, "label": [0, 1, 2]}, features=datasets.Features(
+        {"image": image, "label": datasets.ClassLabel(names=["cat", "dog", "fox"])}))
+    held_out = datasets.Dataset.from_dict({"image": [None] * 2, "label": [1, 0]}, features=datasets.Features(
+        {"image": image, "label": datasets.ClassLabel(names=["cat", "fox"])}))
+    _, held_out, names, count = encode_labels(train, held_out, train_split="train", eval_split="validation")
+    assert names == ["cat", "dog", "fox"] and count == 3 and held_out["label"] == [2, 0]

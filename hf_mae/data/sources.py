@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import replace_folder
+from .labels import encode_labels
 
 try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BENCHMARKS.md), the same pixels
     import simplejpeg
@@ -198,23 +199,7 @@ def _normalize_columns(dataset, image_column: str | None, label_column: str | No
     raw = isinstance(feature, datasets.Value) and feature.dtype in _BYTES_OR_PATH
     if raw or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature)):
         dataset = dataset.cast_column("image", datasets.Image())
-    label_feature = dataset.features.get("label") if (label and dataset.features) else None
-    if isinstance(dataset, datasets.Dataset) and isinstance(label_feature, datasets.Value) \
-            and label_feature.dtype in ("string", "large_string"):
-        dataset = dataset.class_encode_column("label")  # class names -> integer ids, alphabetical
-    return dataset
-
-
-def _label_info(dataset) -> tuple[list[str] | None, int | None]:
-    feature = dataset.features.get("label") if dataset.features else None
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names), feature.num_classes
-    if isinstance(feature, datasets.Value) and isinstance(dataset, datasets.Dataset) and len(dataset):  # ids, not maps
-        import pyarrow.compute as pc
-
-        top = pc.max(dataset.data.column("label")).as_py()  # arrow-side: no Python pass over the rows
-        return None, (int(top) + 1 if top is not None else None)
-    return None, None
+    return dataset  # labels are encoded once for all splits (labels.encode_labels)
 
 
 def _num_rows(dataset, split: str) -> int | None:
@@ -335,9 +320,8 @@ def load_image_datasets(
         logger.warning("No %r split in %s (available: %s): running without evaluation data.",
                        eval_split, source, list(loaded))
 
-    label_names, num_labels = _label_info(train)
-    if num_labels is None and evaluation is not None:
-        label_names, num_labels = _label_info(evaluation)
+    train, evaluation, label_names, num_labels = encode_labels(train, evaluation, train_split=train_split,
+                                                               eval_split=eval_split)
     info = LoadedDataInfo(
         source=source,
         num_train=known_sizes.get(train_split) or _num_rows(train, train_split),
