@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli.push_to_hub import main, parse_args
+from .cli.push_to_hub import cli
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

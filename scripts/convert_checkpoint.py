@@ -4,7 +4,7 @@ hf_mae/cli/convert_checkpoint.py)."""
 
 import sys
 
-from hf_mae.cli.convert_checkpoint import main, parse_args
+from hf_mae.cli.convert_checkpoint import cli
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

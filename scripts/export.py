@@ -2,7 +2,7 @@
 PyTorch: `python scripts/export.py --model outputs/pretrain/encoder --format all` (see --help and
 hf_mae/cli/export.py)."""
 
-from hf_mae.cli.export import main, parse_args
+from hf_mae.cli.export import cli
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli()

@@ -4,7 +4,7 @@ hf_mae/cli/push_to_hub.py; `python -m hf_mae.push_to_hub` is the same program)."
 
 import sys
 
-from hf_mae.cli.push_to_hub import main, parse_args
+from hf_mae.cli.push_to_hub import cli
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

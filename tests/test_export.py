@@ -407,4 +407,4 @@ def test_module_cli_and_shim(tmp_path):
                             text=True, timeout=subprocess_timeout(120), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0 and "--overwrite" in result.stdout and "--output_dir" in result.stdout
     shim = (Path(__file__).resolve().parents[1] / "scripts" / "export.py").read_text()
-    assert "from hf_mae.cli.export import main, parse_args" in shim and "sys.path" not in shim
+    assert "from hf_mae.cli.export import cli" in shim and "sys.path" not in shim

@@ -179,7 +179,8 @@ def test_resume_latest_in_place_keeps_the_best_and_the_log(root, tmp_path):
     out = tmp_path / "ft"
     finetune(root, out, "--epochs", "1")
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-4"]
-    results = finetune(root, out, "--resume_from_checkpoint", "latest")  # the same run, extended to 2 epochs
+    results = finetune(root, out, "--resume_from_checkpoint", "latest",  # the same run, extended to 2 epochs
+                       "--allow_changed_resume")
     assert results["optimizer_steps"] == 8 and [h["epoch"] for h in results["history"]] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-8"]  # limit 2
     assert results["best_top1"] == max(h["top1"] for h in results["history"])

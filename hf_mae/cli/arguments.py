@@ -7,16 +7,22 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from typing import NamedTuple
 
-from ..data.sources import load_image_datasets
+from ..data.sources import DatasetLoadError, load_image_datasets
 from ..evaluation.classifier import DEFAULT_MODEL
 from ..evaluation.features import Features, extract_split_features
 from ..evaluation.splits import labelled_splits, limit_samples
-from ..training.checkpointing import CheckpointError
-from ..training.loop import LoopConfig
+from ..training.checkpointing import CheckpointError, list_checkpoints
+from ..training.failures import RunInterrupted, describe_failure
+from ..training.loop import LoopConfig, NonFiniteLossError
+from ..training.output_dir import mark_stopped, taken_count
 from ..training.run import RunConfig
+
+# Errors whose message is written for the user (it names the value or file and what to do): shown as they are
+_KNOWN_ERRORS = (ValueError, OSError, CheckpointError, DatasetLoadError, NonFiniteLossError)
 
 # --------------------------------------------------------------------------------------------------------
 # Flag types: bad values are refused at parse time with the flag's name (argparse adds it)
@@ -103,6 +109,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, output_dir: str, mixed
         run.add_argument("--resume_from_checkpoint", default=None,
                          help="'latest' (the newest intact checkpoint in <output_dir>/checkpoints) or a "
                               "checkpoint folder: continue exactly where it was written")
+        run.add_argument("--allow_changed_resume", action="store_true",
+                         help="resume even though settings that change the result (lr, epochs, mask ratio, data, "
+                              "...) differ from the checkpoint's: without it such a resume is refused, listing them")
         run.add_argument("--max_nonfinite_steps", type=positive_int, default=5,
                          help="stop after this many optimizer steps in a row with a non-finite loss (each is "
                               "skipped and counted)")
@@ -133,11 +142,28 @@ def add_eval_batch_size_argument(group, help: str = "images per device for featu
     group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256, help=help)
 
 
+# Flags that do not change what a run computes (where it writes, how often it logs or saves, how fast it goes):
+# a resume may change them. Every other flag, of every program, is the run's recipe.
+NOT_RECIPE = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changed_resume", "logging_steps",
+    "report_to", "num_workers", "cpu_threads", "checkpointing_steps", "checkpoints_total_limit", "max_nonfinite_steps",
+    "push_to_hub", "hub_model_id", "hub_private", "cache_dir", "eval_batch_size", "image_log_every",
+    "recon_statistics", "monitor_every", "compile", "attn_implementation"})
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """The flags that change the result (every flag but NOT_RECIPE): what a checkpoint records about its run."""
+    return {name: value for name, value in vars(args).items() if name not in NOT_RECIPE
+            and (value is None or isinstance(value, (int, float, str, bool, list, tuple)))}
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The run start-up settings from the flags of `add_run_arguments`; every flag is recorded as a setting."""
+    """The run start-up settings from the flags of `add_run_arguments`; every flag is recorded as a setting, and
+    those that change the result as the recipe a resume is checked against."""
+    resume_from = getattr(args, "resume_from_checkpoint", None)
     return RunConfig(output_dir=args.output_dir, seed=args.seed, mixed_precision=args.mixed_precision,
-                     overwrite_output_dir=args.overwrite_output_dir,
-                     resume=bool(getattr(args, "resume_from_checkpoint", None)),
+                     overwrite_output_dir=args.overwrite_output_dir, resume=bool(resume_from), resume_from=resume_from,
+                     recipe=recipe_settings(args), allow_changed_resume=getattr(args, "allow_changed_resume", False),
                      report_to=getattr(args, "report_to", None), cpu_threads=args.cpu_threads,
                      settings=dict(vars(args)))
 
@@ -303,20 +329,53 @@ def apply_defaults(args: argparse.Namespace, program: str, skip: tuple[str, ...]
     return args
 
 
-def run_cli(main, args) -> dict:
-    """`main(args)` for a command line: a known failure (bad value or data, a refused folder, a damaged
-    checkpoint, a non-finite run) ends with its message and exit status 1 instead of a traceback
-    (HF_MAE_TRACEBACK=1 keeps the traceback)."""
-    from ..data.sources import DatasetLoadError
-    from ..training.loop import NonFiniteLossError
+def _raise_interrupt(signum, _frame):
+    raise RunInterrupted(signum)
 
+
+def _stopped(status: str, message: str, since: int) -> str:
+    """Mark the folders this call took as `status`; the sentence that says how to go on from them."""
+    folders = mark_stopped(status, message, since)
+    resumable = [f for f in folders if list_checkpoints(f / "checkpoints")]
+    if resumable:
+        return (f" The run in {resumable[0]} is marked {status}; its checkpoints are intact: run the same command "
+                "with --resume_from_checkpoint latest to continue it.")
+    return f" {folders[0]} is marked {status}." if folders else ""
+
+
+def run_cli(main, args):
+    """`main(args)` for a command line: every failure ends with one line (`error: ...`, naming the file or value
+    and what to do) and exit status 1; Ctrl-C, SIGTERM and SIGHUP end with a line and status 130. A run folder the
+    program took is marked "failed" or "interrupted" with the message. HF_MAE_TRACEBACK=1 keeps the traceback."""
+    since = taken_count()
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, _raise_interrupt)
+        except ValueError:  # not the main thread: the default handlers stay
+            break
     try:
         return main(args)
-    except (ValueError, CheckpointError, DatasetLoadError, NonFiniteLossError) as error:
+    except KeyboardInterrupt as interrupt:
+        by = str(interrupt) if isinstance(interrupt, RunInterrupted) else "Ctrl-C"
+        what = f"stopped by {by}" if isinstance(interrupt, RunInterrupted) else "interrupted (Ctrl-C)"
+        note = _stopped("interrupted", by, since)
         if os.environ.get("HF_MAE_TRACEBACK"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {what}.{note}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        message = describe_failure(error)
+        if not isinstance(error, _KNOWN_ERRORS):
+            message = f"{type(error).__name__}: {message} (HF_MAE_TRACEBACK=1 shows where it happened)"
+        note = _stopped("failed", message, since)
+        if os.environ.get("HF_MAE_TRACEBACK"):
+            raise
+        print(f"error: {message}{note}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -169,8 +169,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_parser", "main", "parse_args"]
+def cli(argv=None) -> int:
+    """The command line: the exit status of `main`; any other failure ends in one line (run_cli)."""
+    from .arguments import run_cli
+
+    return run_cli(main, parse_args(argv))
+
+
+__all__ = ["build_parser", "cli", "main", "parse_args"]
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

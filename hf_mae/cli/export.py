@@ -50,6 +50,7 @@ from .arguments import (
     nonnegative_float,
     nonnegative_int,
     positive_int,
+    run_cli,
 )
 
 try:  # the opsets torch writes (checked at parse time)
@@ -163,5 +164,9 @@ def main(args: argparse.Namespace) -> dict:
     return info
 
 
+def cli(argv=None) -> dict:
+    return run_cli(main, parse_args(argv))
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    cli()

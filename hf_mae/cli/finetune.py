@@ -200,7 +200,7 @@ def main(args: argparse.Namespace) -> dict:
         "optimizer": "AdamW (0.9, 0.999)", "mixed_precision": accelerator.mixed_precision, "seed": args.seed,
         "history": history, "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
     }
-    finish(args, accelerator, accelerator.unwrap_model(model), processor, results, best, out_dir)
+    finish(args, accelerator, accelerator.unwrap_model(model), processor, results, best, out_dir, run_log)
     return results
 
 
@@ -240,11 +240,11 @@ def train(args, accelerator, model, mixup: Mixup, loop: TrainingLoop, state: dic
     return history, best, summary
 
 
-def finish(args, accelerator, model, processor, results: dict, best: dict, out_dir: Path) -> None:
+def finish(args, accelerator, model, processor, results: dict, best: dict, out_dir: Path, run_log) -> None:
     """Save the final model, write results.json, print the summary."""
     if accelerator.is_main_process:
         save_pretrained_into(out_dir, model, processor)
-    finish_run(accelerator, out_dir, results)
+    finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, args, results, best, out_dir)
 

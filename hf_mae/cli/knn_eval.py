@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> dict:
                "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args)}
     run_log.write({"event": "knn", "knn_top1": top1, "num_train": results["num_train"],
                    "num_eval": results["num_eval"], "skipped_images": results["skipped_images"]})
-    finish_run(accelerator, out_dir, results)
+    finish_run(accelerator, out_dir, results, run_log)
     what = "raw pixels" if args.raw_pixels else (f"{'random-init ' if args.random_init else ''}{args.model}, "
                                                  f"{args.pooling} features")
     accelerator.print(f"kNN (k={args.k}, T={args.temperature}) on {what}: held-out top-1 {top1:.2f}% "

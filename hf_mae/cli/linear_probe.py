@@ -184,7 +184,7 @@ def main(args: argparse.Namespace) -> dict:
                "effective_batch_size": effective_batch, "lr": lr,
                "optimizer_steps": history[-1]["step"] if history else 0, **timings,
                "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args)}
-    finish(args, accelerator, model, processor, results, timings, out_dir)
+    finish(args, accelerator, model, processor, results, timings, out_dir, run_log)
     return results
 
 
@@ -235,11 +235,12 @@ def probe_results(args, probe, train, held_out, num_labels: int) -> dict:
         "weight_decay": args.weight_decay, "optimizer": "LARS", "seed": args.seed}
 
 
-def finish(args, accelerator, model, processor, results: dict, timings: dict, out_dir: Path) -> None:
+def finish(args, accelerator, model, processor, results: dict, timings: dict, out_dir: Path,
+           run_log) -> None:
     """Save the probe, write results.json, print the summary, push when asked."""
     if accelerator.is_main_process and not args.raw_pixels:
         save_pretrained_into(out_dir, model, processor)
-    finish_run(accelerator, out_dir, results)
+    finish_run(accelerator, out_dir, results, run_log)
     if not accelerator.is_main_process:
         return
     what = "raw pixels" if args.raw_pixels else f"{results['features']} {args.pooling} features"

@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> dict:
                         checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
                         desc="pretraining", placeholder=lambda: placeholder_batch(config, accelerator.device),
                         bad_images=lambda: train_fn.num_bad, normalize=transform.normalizer())
-    loop.resume(args.resume_from_checkpoint)
+    state = loop.resume(args.resume_from_checkpoint)
     print_banner(accelerator, run_log, "pretraining", {
         "dataset": info.source, "num_train": info.num_train, "num_eval": info.num_eval,
         "model": args.init_from or args.model_config or args.preset,
@@ -228,13 +228,15 @@ def main(args: argparse.Namespace) -> dict:
         "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
     unwrapped = accelerator.unwrap_model(model)
     monitor = Monitor(accelerator, monitor_config(args), unwrapped, processor, train_data, eval_data, info)
+    monitor.results = dict(state.get("monitor", {}))  # the baselines measured at the run's start
     if loop.update_step == 0:
         monitor.start(run_log)
     summary = train(args, accelerator, model, config.num_patches, loop, monitor, run_log, out_dir)
     results = {**monitor.results, **summary, "effective_batch_size": effective_batch, "lr": lr, "blr": args.blr,
                "mask_ratio": config.mask_ratio, "norm_pix_loss": config.norm_pix_loss, "dataset": info.source,
                "wall_time_s": round(time.time() - wall_start, 1)}
-    finish(args, accelerator, getattr(unwrapped, "_orig_mod", unwrapped), processor, monitor, out_dir, results)
+    finish(args, accelerator, getattr(unwrapped, "_orig_mod", unwrapped), processor, monitor, out_dir, results,
+           run_log)
     return results
 
 
@@ -254,16 +256,16 @@ def train(args, accelerator, model, num_patches: int, loop: TrainingLoop, monito
         return model(pixel_values=pixels, noise=noise).loss
 
     summary = loop.run(step, on_epoch_end=lambda epoch_done, _, done: monitor.epoch_end(
-        epoch_done, done, loop.update_step, run_log, out_dir))
+        epoch_done, done, loop.update_step, run_log, out_dir), extra_state=lambda: {"monitor": monitor.results})
     monitor.end(loop.update_step, run_log)
     return summary
 
 
-def finish(args, accelerator, model, processor, monitor: Monitor, out_dir: Path, results: dict) -> None:
+def finish(args, accelerator, model, processor, monitor: Monitor, out_dir: Path, results: dict, run_log) -> None:
     """Save the model, encoder and pictures, write results.json, print the summary, push when asked."""
     if accelerator.is_main_process:
         save_outputs(model, processor, monitor, out_dir)
-    finish_run(accelerator, out_dir, results)
+    finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, results, out_dir)
         if args.push_to_hub:
@@ -286,7 +288,9 @@ def print_summary(accelerator, results: dict, out_dir: Path) -> None:
     def percent(key):
         return f"{results[key]:.2f}%" if key in results else "n/a"
 
-    summary = [f"done in {results['wall_time_s']:.0f} s; final loss {results['final_loss']}"]
+    summary = [f"done in {results['wall_time_s']:.0f} s; final loss {results['final_loss']}" + (
+        f" (stopped early: {results['optimizer_steps']} of {results['planned_steps']} planned optimizer steps, the "
+        "data ran out)" if results.get("stopped_early") else "")]
     if "probe_top1_cls" in results:
         summary.append(f"  held-out linear probe top-1: CLS {percent('probe_top1_cls')} | mean "
                        f"{percent('probe_top1_mean')} | random init {percent('probe_top1_init')} | raw pixels "

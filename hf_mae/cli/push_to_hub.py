@@ -19,7 +19,7 @@ from ..hub.http import (
     hub_timeout,
 )
 from ..hub.push import HubPushError, push_to_hub
-from .arguments import positive_float, positive_int
+from .arguments import positive_float, positive_int, run_cli
 
 CLI_EXAMPLES = r"""examples:
   # encoder + full model from a pretraining run, probe from a linear-probe run (cards from hf_mae/model_cards/)
@@ -127,8 +127,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["build_parser", "main", "parse_args"]
+def cli(argv=None) -> int:
+    """The command line: the exit status of `main`; any other failure ends in one line (run_cli)."""
+    return run_cli(main, parse_args(argv))
+
+
+__all__ = ["build_parser", "cli", "main", "parse_args"]
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

@@ -282,7 +282,7 @@ def main(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         save_pretrained_into(out_dir, unwrapped, processor)
         write_examples_picture(unwrapped, eval_data, eval_fn, out_dir / "segmentation_examples.png", patch)
-    finish_run(accelerator, out_dir, results)
+    finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         accelerator.print(f"segmentation ({results['init']}) done in {results['wall_time_s']:.0f} s: held-out mIoU "
                           f"{results['mean_iou']:.2f}, pixel accuracy {results['pixel_accuracy']:.2f}%\n"

@@ -8,8 +8,13 @@ the rest, the same way for every program:
 - **non-finite losses**: the optimizer step is skipped and counted, logged (`"loss": null` when no finite
   loss is left in a logging window, never 0.0), and after `max_nonfinite_steps` in a row the run stops with
   `NonFiniteLossError` naming the newest intact checkpoint. One host sync per optimizer step decides it.
-- **checkpoints**: at the end of every epoch and every `checkpointing_steps` optimizer steps, written only from
-  finite weights (`checkpointing.save_checkpoint`); `resume` continues exactly where one was written.
+- **checkpoints**: at the end of every epoch, of the schedule, and every `checkpointing_steps` optimizer steps,
+  written only from finite weights (`checkpointing.save_checkpoint`); `resume` continues exactly where one was
+  written. A checkpoint that cannot be written (a full disk) leaves no partial folder and is an error naming it.
+- **durable results**: what the summary reports (last logged loss, peak lr, skipped steps, batches and images,
+  the open logging window, wall time) and the run's recipe are in every checkpoint and restored on resume, so a
+  run killed and resumed, or resumed once finished, reports what the uninterrupted run reports; the run log is
+  rewound to the checkpoint (no step twice). A run whose data ran out before its planned steps says so.
 - **the schedule**: the learning rate set every optimizer step (warmup then cosine, `optim.lr_at_step`);
   `plan_schedule` warns when the warmup is as long as the run.
 - **logging**: mean loss, lr, images/s, data-wait fraction, skipped batches/images every `logging_steps`; a
@@ -21,6 +26,7 @@ the rest, the same way for every program:
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,12 +35,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import temporary_sibling
 from .checkpointing import CheckpointError, newest_intact_checkpoint, resume_from, save_checkpoint
+from .failures import describe_failure
 from .optim import lr_at_step, set_lr
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss; the message names the newest intact checkpoint."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (e.g. a full disk); nothing of it is left and the older ones are intact."""
 
 
 class NoDecodableImagesError(ValueError):
@@ -153,6 +165,9 @@ class TrainingLoop:
         # a mid-epoch checkpoint's (loss sum, finite micro-batches, batches with images), each process's share
         self.epoch_totals = (0.0, 0.0, 0.0)
         self.last_loss, self.peak_lr, self.resumed_from = None, 0.0, None
+        self.earlier_bad_images = 0  # undecodable images of the segments before a resume
+        self.window_totals = (0.0, 0.0)  # a checkpoint's open logging window (loss sum, finite), each process's share
+        self.checkpointed_step, self.pass_state = None, None
 
     # ---------------------------------------------------------------------------------------------- resume
     def resume(self, spec: str | None) -> dict:
@@ -166,12 +181,33 @@ class TrainingLoop:
             self.nonfinite.total = state.get("nonfinite_steps", 0)
             self.skipped_batches = state.get("skipped_batches", 0)
             self.epoch_totals = (*state.get("epoch_totals", ()), 0.0, 0.0, 0.0)[:3]
+            self.restore_results(state)
+        self.run_log.rewind(self.update_step if self.resumed_from is not None else None, self.resumed_from)
         return state
 
-    def checkpoint(self, epoch: int, batches_in_epoch: int, totals: tuple, extra: dict) -> Path:
-        state = {"update_step": self.update_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                 "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
-                 "epoch_totals": list(totals), **extra}
+    def restore_results(self, state: dict) -> None:
+        """What the summary reports, as the checkpoint recorded it (a checkpoint without it: from this segment)."""
+        self.last_loss, self.peak_lr = state.get("last_loss"), state.get("peak_lr", 0.0)
+        self.earlier_bad_images = state.get("skipped_images", 0)
+        self.window_totals = (*state.get("window_totals", ()), 0.0, 0.0)[:2]
+        self.checkpointed_step = self.update_step
+        self.run_log.earlier_s = state.get("wall_time_s", 0.0)
+
+    def durable_state(self, epoch: int, batches_in_epoch: int, totals: tuple) -> dict:
+        """The loop's part of a checkpoint: where it is, and what the summary reports so far."""
+        window = self.pass_state.window if self.pass_state is not None else torch.zeros(2)
+        window = (self.accelerator.reduce(window.clone(), "sum") / self.accelerator.num_processes).tolist()
+        return {"update_step": self.update_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
+                "epoch_totals": list(totals), "window_totals": window, "last_loss": self.last_loss,
+                "peak_lr": self.peak_lr, "skipped_images": self._reduced_bad_images(),
+                "planned_steps": self.schedule.total_updates, "wall_time_s": self.run_log.elapsed_s(),
+                "recipe": self.run_log.recipe, "changed_flags": self.run_log.changed_flags}
+
+    def checkpoint(self, epoch: int, batches_in_epoch: int, totals: tuple, extra: dict) -> Path | None:
+        if self.checkpointed_step == self.update_step:
+            return None  # this step's checkpoint is written (a mid-epoch one at the schedule's end)
+        state = {**self.durable_state(epoch, batches_in_epoch, totals), **extra}
         try:
             path = save_checkpoint(self.accelerator, self.model, self.processor, self.checkpoints_dir,
                                    self.update_step, state, self.config.checkpoints_total_limit,
@@ -180,8 +216,21 @@ class TrainingLoop:
             self.run_log.write({"event": "stopped", "step": self.update_step, "reason": "non-finite weights"})
             raise NonFiniteLossError(f"{error}: the run diverged; stopping. {self._intact_note()}. Try a lower "
                                      "learning rate (--blr / --learning_rate) or --max_grad_norm 1.0.") from None
+        except BaseException as error:  # a full disk, an interrupt: no partial checkpoint is left behind
+            self._remove_partial_checkpoint()
+            if not isinstance(error, Exception):
+                raise
+            raise CheckpointWriteError(
+                f"could not write checkpoint-{self.update_step} in {self.checkpoints_dir}: {describe_failure(error)}. "
+                f"{self._intact_note()}.") from error
+        self.checkpointed_step = self.update_step
         self.run_log.write({"event": "checkpoint", "step": self.update_step, "path": str(path)})
         return path
+
+    def _remove_partial_checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            partial = temporary_sibling(Path(self.checkpoints_dir) / f"checkpoint-{self.update_step}")
+            shutil.rmtree(partial, ignore_errors=True)
 
     def _intact_note(self) -> str:
         intact = newest_intact_checkpoint(self.checkpoints_dir, lambda _: None)
@@ -196,15 +245,22 @@ class TrainingLoop:
         device = self.accelerator.device
         progress = tqdm(total=self.schedule.total_updates, initial=self.update_step, desc=self.desc,
                         dynamic_ncols=True, disable=not self.accelerator.is_local_main_process)
-        state = _Pass(progress, extra_state, torch.zeros(2, device=device), torch.zeros(2, device=device))
+        state = _Pass(progress, extra_state, torch.zeros(2, device=device),
+                      torch.tensor(self.window_totals, device=device))
+        self.pass_state = state
         done = self.update_step >= self.schedule.total_updates
         self.model.train()
-        for epoch in range(self.start_epoch, self.schedule.epochs):
-            if done:
-                break
-            batches_in_epoch, epoch_sum, done = self._run_epoch(step, epoch, state)
-            self._end_epoch(epoch, batches_in_epoch, epoch_sum, done, on_epoch_end, extra_state)
-        progress.close()
+        try:
+            for epoch in range(self.start_epoch, self.schedule.epochs):
+                if done:
+                    break
+                batches_in_epoch, epoch_sum, done = self._run_epoch(step, epoch, state)
+                self._end_epoch(epoch, batches_in_epoch, epoch_sum, done, on_epoch_end, extra_state)
+        finally:  # a failure's message starts on a line of its own
+            progress.close()
+        if self.update_step < self.schedule.total_updates:  # the data ran out (a stream) before the schedule
+            self.run_log.write({"event": "stopped_early", "step": self.update_step,
+                                "planned_steps": self.schedule.total_updates, "reason": "the training data ran out"})
         return self._summary()
 
     def _run_epoch(self, step, epoch: int, state: _Pass) -> tuple[int, torch.Tensor, bool]:
@@ -285,14 +341,21 @@ class TrainingLoop:
         epoch_done = epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(epoch_done, loss_sum / finite_count if finite_count else None, done)
-        if batches_in_epoch >= self.schedule.batches_per_epoch:
+        ran_out = not done and batches_in_epoch < self.schedule.batches_per_epoch  # a stream that ended early
+        if ran_out and self.pass_state is not None and self.update_step % self.config.logging_steps:
+            self._log(epoch + 1.0, self.pass_state)  # the last window, before the checkpoint that ends the run
+        if batches_in_epoch >= self.schedule.batches_per_epoch or ran_out:
             self.checkpoint(epoch_done, 0, (0.0, 0.0, 0.0), extra_state())
+        elif done:  # the schedule ended inside the epoch: its end is durable too
+            totals = (self.accelerator.reduce(epoch_sum.clone(), "sum") / self.accelerator.num_processes).tolist()
+            self.checkpoint(epoch, batches_in_epoch, tuple(totals), extra_state())
 
     def _summary(self) -> dict:
         return {"optimizer_steps": self.update_step, "epochs": self.schedule.epochs,
                 "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
                 "skipped_images": self._reduced_bad_images(), "final_loss": self.last_loss, "peak_lr": self.peak_lr,
-                "warmup_steps": self.schedule.warmup_updates,
+                "warmup_steps": self.schedule.warmup_updates, "planned_steps": self.schedule.total_updates,
+                "stopped_early": self.update_step < self.schedule.total_updates,
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None}
 
     def _optimizer_step(self, nonfinite: bool, has_images: bool) -> None:
@@ -309,8 +372,9 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _reduced_bad_images(self) -> int:
-        return int(self.accelerator.reduce(torch.tensor(float(self.bad_images()), device=self.accelerator.device),
-                                           "sum").item())
+        """Undecodable training images of the whole run: the earlier segments' and this one's (every process)."""
+        return self.earlier_bad_images + int(self.accelerator.reduce(
+            torch.tensor(float(self.bad_images()), device=self.accelerator.device), "sum").item())
 
     def _log(self, epoch: float, state: _Pass) -> None:
         """One log record of the window since the last (mean loss, lr, images/s, data-wait fraction), then a new
@@ -326,7 +390,7 @@ class TrainingLoop:
                   "images_per_s": round(state.window_images / elapsed, 2),
                   "data_wait_fraction": round(state.window_wait / elapsed, 4),
                   "nonfinite_steps": self.nonfinite.total, "skipped_batches": self.skipped_batches,
-                  "skipped_images": int(bad_images)}
+                  "skipped_images": self.earlier_bad_images + int(bad_images)}
         self.run_log.write(record, step=self.update_step)
         state.progress.set_postfix(loss="non-finite" if mean_loss is None else f"{mean_loss:.4f}",
                                    lr=f"{record['lr']:.2e}")
@@ -334,5 +398,6 @@ class TrainingLoop:
         state.window_images, state.window_wait, state.window_start = 0, 0.0, time.perf_counter()
 
 
-__all__ = ["LoopConfig", "NoDecodableImagesError", "NonFiniteGuard", "NonFiniteLossError", "Schedule",
+__all__ = ["CheckpointWriteError", "LoopConfig", "NoDecodableImagesError",
+           "NonFiniteGuard", "NonFiniteLossError", "Schedule",
            "TrainingLoop", "WarmupWarning", "placeholder_batch", "plan_schedule"]

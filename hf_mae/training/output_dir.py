@@ -17,6 +17,11 @@ from pathlib import Path
 from ..atomic import write_json
 
 RUN_MARKER = "hf_mae_run.json"
+# A marker's status while its run goes on, and the ones a run that ended without finishing gets (`mark_stopped`)
+STOPPED = ("running", "failed", "interrupted")
+
+# The folders this process marked as its running run: `mark_stopped` marks how each one ended
+_TAKEN: list[Path] = []
 
 
 # What hf_mae programs write into an output folder: the names `--overwrite_output_dir` removes (nothing else
@@ -132,8 +137,11 @@ def _still_being_written(r: _Request) -> str:
 
 
 def _interrupted(r: _Request) -> str:
-    return (f"{r.out} holds an interrupted {r.program} run. Resume it:\n  {_resume_command()}\nor start over "
-            "with --overwrite_output_dir (its checkpoints and logs are removed), or pass another --output_dir.")
+    how = "a failed" if r.status == "failed" else "an interrupted"
+    message = (r.marker or {}).get("message")
+    return (f"{r.out} holds {how} {r.program} run" + (f" ({message})" if message else "") + ". Resume it:\n  "
+            f"{_resume_command()}\nor start over with --overwrite_output_dir (its checkpoints and logs are removed), "
+            "or pass another --output_dir.")
 
 
 def _already_holds(r: _Request) -> str:
@@ -152,8 +160,8 @@ _OUTPUT_DIR_RULES: tuple[tuple[Callable[[_Request], bool], Callable[[_Request], 
     (lambda r: r.marker is None and not r.owned, None),  # empty, or only files of the user's own
     (lambda r: r.status == "running" and _still_running(r.marker), _still_being_written),
     # resumed, or a run that stopped before writing anything to resume from
-    (lambda r: r.own_run and r.status == "running" and (r.resume or not r.has_checkpoints), None),
-    (lambda r: r.own_run and r.status == "running", _interrupted),
+    (lambda r: r.own_run and r.status in STOPPED and (r.resume or not r.has_checkpoints), None),
+    (lambda r: r.own_run and r.status in STOPPED, _interrupted),
     (lambda r: r.own_run and r.status == "finished" and r.resume and r.has_checkpoints, None),  # more epochs
     (lambda r: r.marker is None and r.resume and r.has_checkpoints, None),  # checkpoints in an unmarked folder
     (lambda r: True, _already_holds),
@@ -180,11 +188,20 @@ def take_output_dir(out: Path, program: str, *, overwrite: bool) -> None:
         if overwrite:
             for entry in sorted(_owned_entries(out), key=lambda p: p.name != "checkpoints"):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        _remove_stale_temporaries(out / "checkpoints")
         write_json(out / RUN_MARKER, {"program": program, "status": "running", "pid": os.getpid(),
-                                             "host": socket.gethostname()})
+                                      "host": socket.gethostname()})
+        _TAKEN.append(out)
     except OSError as error:
         raise OutputDirError(f"cannot write into --output_dir {out}: {error.strerror or error}. Pass a writable "
                              "--output_dir.") from None
+
+
+def _remove_stale_temporaries(checkpoints: Path) -> None:
+    """Half-written checkpoints (`.checkpoint-N.tmp`) of a run killed mid-write: no process of this run writes yet."""
+    if checkpoints.is_dir():
+        for stale in checkpoints.glob(".checkpoint-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
 def claim_output_dir(path, program: str, *, overwrite: bool = False, resume: bool = False, inputs=()) -> Path:
@@ -197,4 +214,29 @@ def claim_output_dir(path, program: str, *, overwrite: bool = False, resume: boo
 def mark_finished(path) -> None:
     """Record that the run in `path` completed (a later run there then needs --overwrite_output_dir)."""
     marker = read_run_marker(path) or {}
-    write_json(Path(path) / RUN_MARKER, {**marker, "status": "finished"})
+    write_json(Path(path) / RUN_MARKER, {**{k: v for k, v in marker.items() if k != "message"}, "status": "finished"})
+    if Path(path) in _TAKEN:
+        _TAKEN.remove(Path(path))
+
+
+def taken_count() -> int:
+    """How many folders this process has taken and not finished (a mark for `mark_stopped`'s `since`)."""
+    return len(_TAKEN)
+
+
+def mark_stopped(status: str, message: str, since: int = 0) -> list[Path]:
+    """Mark each folder this process took (after the first `since`) and has not finished as `status` ("failed" or
+    "interrupted") with `message`; returns them. A folder whose marker is no longer this process's running run
+    is left alone."""
+    marked = []
+    while len(_TAKEN) > since:
+        folder = _TAKEN.pop()
+        marker = read_run_marker(folder) or {}
+        if marker.get("status") != "running" or marker.get("pid") != os.getpid():
+            continue
+        try:
+            write_json(folder / RUN_MARKER, {**marker, "status": status, "message": message})
+        except OSError:  # e.g. the full disk that stopped the run: the marker still says "running"
+            continue
+        marked.append(folder)
+    return marked
