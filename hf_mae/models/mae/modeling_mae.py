@@ -655,11 +655,11 @@ def check_loaded_weights(model: nn.Module, info: dict, source, new_prefixes: tup
     missing = set(info.get("missing_keys", ())) | set(mismatched)
     new = sorted(key for key in missing if key.startswith(new_prefixes))
     problems = []
-    for what, keys in (("missing from the checkpoint", missing - set(mismatched) - set(new)),
-                       ("not in this model (renamed or extra layers)",
+    for what, keys in (("are missing from its weights", missing - set(mismatched) - set(new)),
+                       ("are in its weights but not in this model (renamed, or layers beyond its config)",
                         {k for k in info.get("unexpected_keys", ()) if ENCODER_TENSOR.match(k)})):
         if keys:
-            problems.append(f"{len(keys)} encoder tensor(s) {what}: {', '.join(sorted(keys)[:4])}")
+            problems.append(f"{len(keys)} encoder tensors {what} (e.g. {', '.join(sorted(keys)[:4])})")
     wrong_shape = [f"{k} (checkpoint {c}, config {m})" for k, (c, m) in sorted(mismatched.items()) if k not in new]
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} tensor(s) of another shape than its config.json says: "
@@ -669,7 +669,8 @@ def check_loaded_weights(model: nn.Module, info: dict, source, new_prefixes: tup
     if bad:
         problems.append(f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:4])}")
     if problems:
-        raise ValueError(f"{source}: the weights do not fit {type(model).__name__}: " + "; ".join(problems)
+        raise ValueError(f"{source!r}: the weights do not fit {type(model).__name__}, not a complete MAE encoder: "
+                         + "; ".join(problems)
                          + ". Give the folder the weights were saved in, unedited (convert other layouts with "
                            "scripts/convert_checkpoint.py).")
     return new
