@@ -36,6 +36,7 @@ from ..data.transforms import TrainTransform
 from ..evaluation.classification import evaluate_classifier
 from ..evaluation.classifier import load_classifier, read_mae_config
 from ..evaluation.features import eval_dataloader
+from ..training.distributed import FullModel
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.optim import build_adamw, param_groups_layer_decay, scaled_lr
 from ..training.run import finish_run, print_banner, start_run
@@ -182,7 +183,8 @@ def main(args: argparse.Namespace) -> dict:
         "mixup": args.mixup, "cutmix": args.cutmix, "smoothing": args.smoothing, "randaugment": args.aa,
         "random_erasing": args.reprob, "weight_decay": args.weight_decay,
         "mixed_precision": accelerator.mixed_precision, "attn_implementation": attn or "sdpa",
-        "device": str(accelerator.device), "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
+        "device": str(accelerator.device), "resumed_from": str(loop.resumed_from) if loop.resumed_from else None},
+        model=model)
     history, best, summary = train(args, accelerator, model, mixup, loop, state, eval_loader, processor, run_log,
                                    out_dir)
     final = history[-1] if history else {"top1": None, "top5": None}
@@ -208,7 +210,7 @@ def train(args, accelerator, model, mixup: Mixup, loop: TrainingLoop, state: dic
           out_dir: Path) -> tuple[list[dict], dict, dict]:
     """The epochs: mixed batches, a held-out evaluation after each epoch, the best epoch's model kept in
     `<output_dir>/best`. Returns (one record per epoch, the best epoch, the loop's summary)."""
-    unwrapped = accelerator.unwrap_model(model)
+    full_model = FullModel(accelerator.unwrap_model(model))  # gathered from every process when sharded
     history = state.get("history", [])
     # resumed into a new folder: the best is tracked from here on
     best = state["best"] if state and (out_dir / "best").exists() else {"top1": -1.0}
@@ -229,6 +231,7 @@ def train(args, accelerator, model, mixup: Mixup, loop: TrainingLoop, state: dic
         improved = metrics["top1"] > best["top1"]
         if improved:
             best = {"top1": metrics["top1"], "top5": metrics["top5"], "epoch": epoch_done}
+            unwrapped = full_model.get(build=accelerator.is_main_process)  # the metrics agree on every process
             if accelerator.is_main_process:
                 save_pretrained(out_dir / "best", unwrapped, processor)
         accelerator.wait_for_everyone()
@@ -241,9 +244,10 @@ def train(args, accelerator, model, mixup: Mixup, loop: TrainingLoop, state: dic
 
 
 def finish(args, accelerator, model, processor, results: dict, best: dict, out_dir: Path, run_log) -> None:
-    """Save the final model, write results.json, print the summary."""
+    """Save the final model (gathered from every process when sharded), write results.json, print the summary."""
+    full = FullModel(model).get(build=accelerator.is_main_process)
     if accelerator.is_main_process:
-        save_pretrained_into(out_dir, model, processor)
+        save_pretrained_into(out_dir, full, processor)
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, args, results, best, out_dir)

@@ -33,6 +33,7 @@ from ..models.mae.configuration_mae import PRESETS, MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
 from ..models.mae.modeling_mae import MAEForPreTraining
 from ..training.checkpointing import count_nonfinite
+from ..training.distributed import FullModel
 from ..training.loop import TrainingLoop, placeholder_batch, plan_schedule
 from ..training.monitor import Monitor, MonitorConfig
 from ..training.optim import build_adamw, param_groups_weight_decay, scaled_lr
@@ -225,7 +226,7 @@ def main(args: argparse.Namespace) -> dict:
         args.gradient_accumulation_steps, "effective_batch_size": effective_batch, "blr": args.blr, "lr": lr,
         "epochs": schedule.epochs, "optimizer_steps": schedule.total_updates, "warmup_steps": schedule.warmup_updates,
         "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
-        "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
+        "resumed_from": str(loop.resumed_from) if loop.resumed_from else None}, model=model)
     unwrapped = accelerator.unwrap_model(model)
     monitor = Monitor(accelerator, monitor_config(args), unwrapped, processor, train_data, eval_data, info)
     monitor.results = dict(state.get("monitor", {}))  # the baselines measured at the run's start
@@ -263,8 +264,9 @@ def train(args, accelerator, model, num_patches: int, loop: TrainingLoop, monito
 
 def finish(args, accelerator, model, processor, monitor: Monitor, out_dir: Path, results: dict, run_log) -> None:
     """Save the model, encoder and pictures, write results.json, print the summary, push when asked."""
+    full = FullModel(model).get(build=accelerator.is_main_process)  # every process: gathered when sharded
     if accelerator.is_main_process:
-        save_outputs(model, processor, monitor, out_dir)
+        save_outputs(full, processor, monitor, out_dir)
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, results, out_dir)

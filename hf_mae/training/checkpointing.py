@@ -4,6 +4,11 @@ A checkpoint is written under a hidden temporary name and renamed into place onl
 killed at any moment (SIGKILL included) leaves either the previous checkpoints or a new complete one. It is
 written only from finite weights and optimizer state. Resuming checks the checkpoint first (files present,
 readable, finite); `latest` falls back to the newest intact one and says which it skipped.
+
+Under FSDP the Accelerate state is sharded (`torch.distributed.checkpoint` folders `pytorch_model_fsdp_0/`,
+`optimizer_0/`: each process writes its shards, and it resumes on another number of processes), while `model/`
+is the full `from_pretrained` folder gathered from every process. Every process agrees on the staging folder
+before it writes and before it is renamed (under DDP too: each writes its own RNG state).
 """
 
 import json
@@ -14,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import move_into_place, temporary_sibling, write_json
+from .distributed import FullModel, distributed_type_name, local_part
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"
@@ -45,10 +51,11 @@ class CheckpointError(RuntimeError):
 
 
 def count_nonfinite(model, optimizer=None) -> int:
-    """Tensors of the model's parameters and the optimizer's state holding NaN or inf (one host sync)."""
-    tensors = [p.detach() for p in model.parameters()]
+    """Tensors of the model's parameters and the optimizer's state holding NaN or inf (one host sync); of a
+    sharded model, this process's shards (sum over the processes for the whole count)."""
+    tensors = [local_part(p.detach()) for p in model.parameters()]
     if optimizer is not None:
-        tensors += [v for state in optimizer.state.values() for v in state.values()
+        tensors += [local_part(v) for state in optimizer.state.values() for v in state.values()
                     if torch.is_tensor(v) and v.is_floating_point()]
     if not tensors:
         return 0
@@ -66,10 +73,11 @@ def checkpoint_problem(path) -> str | None:
     except (OSError, ValueError) as error:
         return f"{STATE_FILE} is missing or unreadable ({type(error).__name__})"
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    if not any(w.name.startswith(("model", "pytorch_model")) for w in weights):
+    sharded = [d for d in path.glob("*_*") if d.is_dir() and (d / ".metadata").exists()]  # FSDP: DCP folders
+    if not any(w.name.startswith(("model", "pytorch_model")) for w in weights + sharded):
         return "its model weights are missing"
-    if not any(w.name.startswith("optimizer") for w in weights) and not (path / "optimizer.bin").exists():
-        return "its optimizer state (optimizer.bin) is missing"
+    if not any(w.name.startswith("optimizer") for w in weights + sharded):
+        return "its optimizer state (optimizer.bin or optimizer_0/) is missing"
     for file in weights:
         try:
             if file.suffix == ".safetensors":
@@ -99,16 +107,19 @@ def save_checkpoint(accelerator, model, processor, checkpoints_dir, step: int, s
     final = root / f"checkpoint-{step}"
     tmp = temporary_sibling(final)  # one name for every process: each writes its own part of the state
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process: each one's RNG state
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()  # the staging folder exists before any process writes into it
+    accelerator.save_state(str(tmp))  # every process: its RNG state (and under FSDP its shards)
+    full = FullModel(pretrained if pretrained is not None else accelerator.unwrap_model(model))
+    pretrained = full.get(build=accelerator.is_main_process)  # gathered from every process when sharded
+    if accelerator.is_main_process and hasattr(pretrained, "save_pretrained"):
+        pretrained.save_pretrained(tmp / "model")
+        processor.save_pretrained(tmp / "model")
+    accelerator.wait_for_everyone()  # every process has written its part before the folder is renamed
     if accelerator.is_main_process:
-        pretrained = pretrained if pretrained is not None else accelerator.unwrap_model(model)
-        if hasattr(pretrained, "save_pretrained"):
-            pretrained.save_pretrained(tmp / "model")
-            processor.save_pretrained(tmp / "model")
-        write_json(tmp / STATE_FILE, state)  # written last: its presence marks a complete checkpoint
+        write_json(tmp / STATE_FILE, {**state, "num_processes": accelerator.num_processes,
+                                      "distributed_type": distributed_type_name(accelerator)})
         move_into_place(tmp, final)
         if total_limit:
             for old in list_checkpoints(root)[:-total_limit]:
@@ -155,12 +166,34 @@ def resume_from(accelerator, spec: str, checkpoints_dir) -> tuple[Path | None, d
             raise CheckpointError(f"cannot resume from {path}: {problem}. "
                                   + (f"The newest intact checkpoint is {intact}." if intact else
                                      "No intact checkpoint is beside it."))
+    state = load_checkpoint_state(path)
+    check_layout(accelerator, path, state)
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # what the checks above cannot see (e.g. a state from another model)
         raise CheckpointError(f"cannot resume from {path}: {type(error).__name__}: {error}") from error
-    return path, load_checkpoint_state(path)
+    return path, state
 
 
-__all__ = ["CheckpointError", "checkpoint_problem", "count_nonfinite", "list_checkpoints", "load_checkpoint_state",
-           "newest_intact_checkpoint", "resolve_checkpoint", "resume_from", "save_checkpoint"]
+def check_layout(accelerator, path: Path, state: dict) -> None:
+    """A checkpoint resumes under the kind of launch that wrote it (sharded or not); a sharded one on any number
+    of processes (its shards are redistributed), but only from an epoch's end when that number changed: the
+    rest of an epoch's data order depends on it."""
+    sharded_state = any(path.glob("pytorch_model_fsdp_*"))
+    sharded_now = distributed_type_name(accelerator) == "FSDP"
+    if sharded_state != sharded_now:
+        written = "sharded (FSDP)" if sharded_state else "unsharded"
+        raise CheckpointError(f"cannot resume from {path}: its state is {written} and this run is "
+                              f"{distributed_type_name(accelerator)}; resume it with the kind of launch config that "
+                              "wrote it (scripts/configs/fsdp*.yaml for sharded state).")
+    saved, now = state.get("num_processes"), accelerator.num_processes
+    if saved and saved != now:
+        if state.get("batches_in_epoch"):
+            raise CheckpointError(f"cannot resume from {path} on {now} processes: it was written by {saved} processes "
+                                  f"in the middle of an epoch, whose remaining data order depends on the number of "
+                                  f"processes. Resume it on {saved} processes, or from an end-of-epoch checkpoint.")
+        accelerator.print(f"Resuming a checkpoint of {saved} processes on {now}: the state is redistributed.")
+
+
+__all__ = ["CheckpointError", "check_layout", "checkpoint_problem", "count_nonfinite", "list_checkpoints",
+           "load_checkpoint_state", "newest_intact_checkpoint", "resolve_checkpoint", "resume_from", "save_checkpoint"]

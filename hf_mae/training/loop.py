@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import temporary_sibling
 from .checkpointing import CheckpointError, newest_intact_checkpoint, resume_from, save_checkpoint
+from .distributed import sharding_record
 from .failures import describe_failure
 from .optim import lr_at_step, set_lr
 
@@ -261,6 +262,7 @@ class TrainingLoop:
         if self.update_step < self.schedule.total_updates:  # the data ran out (a stream) before the schedule
             self.run_log.write({"event": "stopped_early", "step": self.update_step,
                                 "planned_steps": self.schedule.total_updates, "reason": "the training data ran out"})
+        self.run_log.write(sharding_record(self.accelerator, self.model, self.optimizer))  # what each process held
         return self._summary()
 
     def _run_epoch(self, step, epoch: int, state: _Pass) -> tuple[int, torch.Tensor, bool]:

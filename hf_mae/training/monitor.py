@@ -13,6 +13,7 @@ from ..evaluation.features import eval_dataloader, extract_pooled_features
 from ..evaluation.knn import knn_accuracy
 from ..evaluation.probe import fit_and_score_probe
 from ..visualization import reconstruction_grid
+from .distributed import FullModel
 
 _STATISTICS_NOTE = {"target": "norm-pix undone with each masked patch's own statistics (they leak into the picture)",
                     "visible": "norm-pix undone with the visible patches' statistics (no leak)", None: "pixel targets"}
@@ -49,10 +50,14 @@ class Monitor:
     """Reconstruction grids of fixed held-out images and masks, and what the encoder's frozen features are worth
     on the held-out split. The measure MAE is built for is a linear probe (cached features, CLS and mean pooling;
     a fresh head each time, seeded); kNN is the second line. Raw pixels and the random-init encoder are measured
-    the same way at the start of a fresh run."""
+    the same way at the start of a fresh run.
+
+    Every process calls `measure`, `epoch_end` and `end`: under FSDP they first gather the full weights (a
+    collective) and measure or draw with an unsharded copy."""
 
     def __init__(self, accelerator, config: MonitorConfig, model, processor, train_data, eval_data, info):
         self.accelerator, self.config, self.model, self.processor = accelerator, config, model, processor
+        self.full_model = FullModel(model)  # the model itself unless it is sharded
         self.num_labels, self.results = info.num_labels, {}
         self.grid_pixels = self.grid_noise = None
         if eval_data is not None and not info.streaming and accelerator.is_main_process:
@@ -75,7 +80,8 @@ class Monitor:
     def measure(self, raw_pixels: bool = False) -> dict[str, float]:
         """{"probe_top1_cls", "probe_top1_mean", "knn_top1"} of the encoder now (or of the raw pixels:
         {"probe_top1", "knn_top1"})."""
-        train, held_out = [extract_pooled_features(self.accelerator, self.model.encoder, loader, ("cls", "mean"),
+        encoder = self.full_model.get().encoder
+        train, held_out = [extract_pooled_features(self.accelerator, encoder, loader, ("cls", "mean"),
                                                    desc="monitor features", raw_pixels=raw_pixels)
                            for loader in self.loaders]
         if raw_pixels:
@@ -102,9 +108,12 @@ class Monitor:
 
     def epoch_end(self, epoch_done: int, done: bool, step: int, run_log, out_dir: Path) -> None:
         config = self.config
-        if config.image_log_every and epoch_done % config.image_log_every == 0 and self.grid_pixels is not None:
-            log_reconstructions(self.model, self.processor, self.grid_pixels, self.grid_noise,
-                                out_dir / "reconstructions" / f"epoch_{epoch_done:04d}.png", config.recon_statistics)
+        if config.image_log_every and epoch_done % config.image_log_every == 0:
+            model = self.full_model.get(build=self.grid_pixels is not None)  # the pictures: main process only
+            if self.grid_pixels is not None:
+                log_reconstructions(model, self.processor, self.grid_pixels, self.grid_noise,
+                                    out_dir / "reconstructions" / f"epoch_{epoch_done:04d}.png",
+                                    config.recon_statistics)
         if self.enabled and config.every > 0 and epoch_done % config.every == 0 and not done:
             now = self.measure()
             run_log.write({"event": "monitor", "step": step, "epoch": epoch_done, **now}, step=step)

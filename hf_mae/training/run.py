@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import write_json, write_text
 from .checkpointing import STATE_FILE, list_checkpoints
+from .distributed import check_sharding, distributed_type_name, enable_fsdp_on_cpu, parameters_per_process
 from .output_dir import check_output_dir, mark_finished, take_output_dir
 
 # --------------------------------------------------------------------------------------------------------
@@ -233,6 +234,8 @@ def start_run(config: RunConfig, program: str, *, inputs=(), gradient_accumulati
                               gradient_accumulation_steps=gradient_accumulation_steps, log_with=log_with,
                               project_dir=str(out),  # pinned batches are copied to a GPU without waiting:
                               dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    enable_fsdp_on_cpu(accelerator)  # the CPU testing switch (HF_MAE_FSDP_ON_CPU=1); nowhere else
+    check_sharding(accelerator)  # an FSDP config that would run unsharded stops here
     set_seed(config.seed)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(config.cpu_threads, accelerator))
@@ -255,8 +258,13 @@ def start_run(config: RunConfig, program: str, *, inputs=(), gradient_accumulati
     return accelerator, RunLog(accelerator, out / "log.jsonl", config.recipe, changed), out
 
 
-def print_banner(accelerator, run_log: RunLog, title: str, banner: dict) -> None:
-    """The run's settings, printed once and written as the log's "start" record."""
+def print_banner(accelerator, run_log: RunLog, title: str, banner: dict, model=None) -> None:
+    """The run's settings, printed once and written as the log's "start" record, with the distributed type and
+    (given the prepared `model`) the parameter count each process holds: sharding at a glance. Every process
+    calls it (the counts are gathered)."""
+    banner = {**banner, "distributed_type": distributed_type_name(accelerator)}
+    if model is not None:
+        banner["parameters_per_process"] = parameters_per_process(accelerator, model)
     width = max(len(k) for k in banner) + 2
     accelerator.print(f"hf_mae {title}\n" + "\n".join(f"  {k:>{width}}: {v}" for k, v in banner.items()))
     run_log.write({"event": "start", **banner})
