@@ -24,6 +24,11 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
+try:  # transformers >= 5.25 names the per-image result of semantic-segmentation post-processing
+    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput as _SegmentationOutput
+except ImportError:
+    _SegmentationOutput = BatchFeature
+
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, p*p*C), patches in row-major order, channels last inside a patch (official)."""
@@ -278,6 +283,24 @@ class MAEImageProcessor(PilBackend):
         """Raise a ValueError naming both sides when this processor's output does not fit the model of
         `config`; see `check_processor_matches`."""
         check_processor_matches(self, config)
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False):
+        """Per-pixel class ids (H, W) of each image from a segmentation model's `logits` (B, classes, h, w),
+        resized (bilinear, on the logits) to `target_sizes[i]` (height, width) when given (what the
+        image-segmentation pipeline calls). With `return_segmentation_scores`, each item also carries the
+        per-class scores (classes, H, W) it was taken from."""
+        logits = outputs.logits
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"{len(target_sizes)} target sizes for {len(logits)} images")
+        results = []
+        for i, scores in enumerate(logits):
+            if target_sizes is not None:
+                scores = F.interpolate(scores[None].float(), size=tuple(int(v) for v in target_sizes[i]),
+                                       mode="bilinear", align_corners=False)[0]
+            segmentation = scores.argmax(dim=0)
+            results.append(_SegmentationOutput({"segmentation": segmentation, "segmentation_scores": scores})
+                           if return_segmentation_scores else segmentation)
+        return results
 
     # --- patch normalisation (targets and inverse) -------------------------------------------------------
     def patchify(self, pixel_values) -> torch.Tensor:
