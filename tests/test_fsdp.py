@@ -39,23 +39,26 @@ def data(tmp_path_factory) -> Path:
 _PORTS = iter(range(29541, 29600))
 
 
-def launch(data: Path, out: Path, *extra: str, config: str = "fsdp_cpu_2proc", processes: int = 2,
-           switch: bool = True) -> subprocess.Popen:
-    """The real program through `accelerate launch`, on CPU processes (its own session: killable as a group)."""
+def accelerate_launch(script: str, *args: str, config: str = "fsdp_cpu_2proc", processes: int = 2,
+                      switch: bool = True) -> subprocess.Popen:
+    """A real program through `accelerate launch`, on CPU processes."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
     env.pop("HF_MAE_FSDP_ON_CPU", None)
     if switch:
         env["HF_MAE_FSDP_ON_CPU"] = "1"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-               "--num_processes", str(processes), "--main_process_port", str(next(_PORTS)), "scripts/pretrain.py",
-               "--model_config", str(data / "tiny.json"), "--train_dir", str(data / "train"),
-               "--eval_dir", str(data / "val"),
-               "--output_dir", str(out), "--per_device_batch_size", "4", "--epochs", "3", "--num_workers", "0",
-               "--knn_every", "-1", "--image_log_every", "1", "--mixed_precision", "no", "--logging_steps", "1",
-               "--checkpointing_steps", "1", "--checkpoints_total_limit", "20", "--blr", "0.05",
-               "--warmup_epochs", "1", *extra]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+               "--num_processes", str(processes), "--main_process_port", str(next(_PORTS)), script, *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def launch(data: Path, out: Path, *extra: str, **how) -> subprocess.Popen:
+    """The pretraining program on the tiny recipe, a checkpoint every step."""
+    return accelerate_launch(
+        "scripts/pretrain.py", "--model_config", str(data / "tiny.json"), "--train_dir", str(data / "train"),
+        "--eval_dir", str(data / "val"), "--output_dir", str(out), "--per_device_batch_size", "4", "--epochs", "3",
+        "--num_workers", "0", "--knn_every", "-1", "--image_log_every", "1", "--mixed_precision", "no",
+        "--logging_steps", "1", "--checkpointing_steps", "1", "--checkpoints_total_limit", "20", "--blr", "0.05",
+        "--warmup_epochs", "1", *extra, **how)
 
 
 def finish(proc: subprocess.Popen, expect_ok: bool = True) -> str:
@@ -185,6 +188,27 @@ def test_resharding_two_to_one_and_one_to_two(data, fsdp_run, tmp_path):
     finish(launch(data, out, "--epochs", "1", "--checkpointing_steps", "epoch", "--resume_from_checkpoint", str(one)))
     assert_same(weights(out), weights(one / "model"))
     assert records(out, "start")[-1]["parameters_per_process"] != records(single, "start")[0]["parameters_per_process"]
+
+
+def test_finetune_under_fsdp_saves_full_best_and_final_models(data, fsdp_run, tmp_path):
+    out = tmp_path / "finetune"
+    finish(accelerate_launch("scripts/finetune.py", "--model", str(fsdp_run), "--train_dir", str(data / "train"),
+                             "--eval_dir", str(data / "val"), "--output_dir", str(out), "--per_device_batch_size", "4",
+                             "--epochs", "2", "--num_workers", "0", "--mixed_precision", "no",
+                             "--checkpointing_steps", "2"))
+    start, shards = records(out, "start")[0], records(out, "sharding")[0]
+    assert start["distributed_type"] == shards["distributed_type"] == "FSDP"
+    held = start["parameters_per_process"]
+    assert held[0] == pytest.approx(held[1], rel=0.02)
+    state = shards["optimizer_state_per_process"]
+    assert state[0] == pytest.approx(state[1], rel=0.02) and sum(state) <= 2 * sum(held)
+    from transformers import AutoModelForImageClassification
+
+    final = AutoModelForImageClassification.from_pretrained(out)
+    assert sum(p.numel() for p in final.parameters()) == sum(held)  # gathered: every element, once
+    for name, tensor in final.state_dict().items():
+        assert torch.equal(tensor, weights(out / "checkpoints" / "checkpoint-8" / "model")[name]), name
+    assert AutoModelForImageClassification.from_pretrained(out / "best").config.num_labels == 2
 
 
 def test_fsdp_config_without_sharding_stops_at_start(data, tmp_path):
