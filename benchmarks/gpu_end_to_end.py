@@ -16,8 +16,10 @@ outputs/gpu_end_to_end_work, git-ignored), where a second call on the same machi
    end-to-end images/s as a fraction of it (aim: >= 90%); ViT-L/16 too, for its MFU (--large).
 4. loader: images/s per core of the training DataLoader on this machine's CPUs (benchmark.py --case loader),
    and from it the workers one GPU needs: ceil(step images/s / per-core images/s).
-5. fsdp: scripts/configs/fsdp.yaml with one process: a short run writing sharded checkpoints, then a run
-   resumed from them; the checkpoint files are listed (sharded: `*.distcp` files) and the resume checked.
+5. fsdp: scripts/configs/fsdp.yaml with one process (with --dry_run: scripts/configs/fsdp_cpu_2proc.yaml on two
+   CPU processes, HF_MAE_FSDP_ON_CPU=1, the tests' path): a short run writing sharded checkpoints, then a run
+   resumed from them; the checkpoint files are listed (sharded: `*.distcp` files), the run log's
+   `distributed_type` and `parameters_per_process` kept, and the resume checked.
 
     python benchmarks/gpu_end_to_end.py --out $OUT                 # on the GPU machine (about 10 minutes)
     python benchmarks/gpu_end_to_end.py --dry_run --out /tmp/e2e   # everything tiny, on the CPU
@@ -111,11 +113,11 @@ def run_logged(name: str, command: list[str], out: Path, timeout: float, env: di
     return result
 
 
-def launch(*extra: str, config_file: str | None = None, dry_run: bool = False) -> list[str]:
+def launch(*extra: str, config_file: str | None = None, dry_run: bool = False, processes: int = 1) -> list[str]:
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file:
         command += ["--config_file", config_file]
-    command += ["--num_processes", "1", "--num_machines", "1"]
+    command += ["--num_processes", str(processes), "--num_machines", "1"]
     if not config_file:
         command += ["--mixed_precision", "no" if dry_run else "bf16", "--dynamo_backend", "no"]
     return command + ["scripts/pretrain.py", *extra]
@@ -254,17 +256,22 @@ def main(argv=None) -> dict:
                       "--num_workers", str(args.workers), "--checkpointing_steps", "2", "--monitor_every", "-1",
                       "--image_log_every", "0", "--logging_steps", "1", "--warmup_steps", "2",
                       "--output_dir", str(folder)]
-            config = str(REPO / "scripts" / "configs" / "fsdp.yaml")
-            extra_env = {**env, **({"ACCELERATE_USE_CPU": "true"} if args.dry_run else {})}
-            first = run_logged("fsdp_first", launch(*common, "--max_train_steps", "4", "--overwrite_output_dir",
-                                                    config_file=config), out, args.step_timeout, extra_env)
+            # on the CPU: two gloo processes through the testing switch, as tests/test_fsdp.py
+            config = str(REPO / "scripts" / "configs" / ("fsdp_cpu_2proc.yaml" if args.dry_run else "fsdp.yaml"))
+            how = {"config_file": config, "processes": 2 if args.dry_run else 1}
+            extra_env = {**env, **({"ACCELERATE_USE_CPU": "1", "HF_MAE_FSDP_ON_CPU": "1"} if args.dry_run else {})}
+            first = run_logged("fsdp_first", launch(*common, "--max_train_steps", "4", "--overwrite_output_dir", **how),
+                               out, args.step_timeout, extra_env)
             written = checkpoint_files(folder)
             resumed = run_logged("fsdp_resumed", launch(*common, "--max_train_steps", "6", "--resume_from_checkpoint",
-                                                        "latest", config_file=config), out, args.step_timeout,
-                                 extra_env)
+                                                        "latest", "--allow_changed_resume", **how), out,
+                                 args.step_timeout, extra_env)
+            start = next((r for r in log_records(folder) if r.get("event") == "start"), {})
             keep_run_files(folder, out / "fsdp")
             results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
             return {"first": first, "checkpoints_after_first": written, "resumed": resumed,
+                    "distributed_type": start.get("distributed_type"),
+                    "parameters_per_process": start.get("parameters_per_process"),
                     "resumed_from": results.get("resumed_from"), "optimizer_steps": results.get("optimizer_steps"),
                     "final_loss": results.get("final_loss")}
         step("fsdp", fsdp)
@@ -279,6 +286,7 @@ def main(argv=None) -> dict:
         "data_wait_fraction": summary.get("pretrain", {}).get("data_wait_fraction"),
         "workers_needed": math.ceil(step_rate / per_core) if step_rate and per_core else None,
         "fsdp_sharded": summary.get("fsdp", {}).get("checkpoints_after_first", {}).get("sharded"),
+        "fsdp_distributed_type": summary.get("fsdp", {}).get("distributed_type"),
         "fsdp_resumed": bool(summary.get("fsdp", {}).get("resumed_from"))}
     save()
     print(json.dumps(summary["verdict"], indent=1), flush=True)
