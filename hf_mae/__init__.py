@@ -19,15 +19,11 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
+from .models.mae.backbone_mae import MAEBackbone
+from .models.mae.classification_mae import MAEForImageClassification
 from .models.mae.configuration_mae import PRESETS, MAEConfig
 from .models.mae.image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
-from .models.mae.modeling_mae import (
-    MAEBackbone,
-    MAEForImageClassification,
-    MAEForPreTraining,
-    MAEModel,
-    MAEPreTrainedModel,
-)
+from .models.mae.modeling_mae import MAEForPreTraining, MAEModel, MAEPreTrainedModel
 
 AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
 AutoModel.register(MAEConfig, MAEModel, exist_ok=True)

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from .evaluation.classifier import quiet_transformers, read_mae_config
+from .models.mae.classification_mae import MAEForImageClassification
 from .models.mae.image_processing_mae import MAEImageProcessor
-from .models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining
+from .models.mae.modeling_mae import MAEForPreTraining
 from .visualization import COLUMN_TITLES, GRID_COLUMNS
 
 MIN_PICTURE_SIDE = 224  # shown pictures are upscaled (nearest) to at least this: a 28-px digit 8x, legible

@@ -57,7 +57,7 @@ def test_auto_backbone_loads_the_encoder_weights_of_any_checkpoint(tmp_path, sou
 def test_saved_backbone_round_trip_and_auto_map(tmp_path):
     backbone = MAEBackbone(tiny_config(num_hidden_layers=4, out_indices=[1, 2, 3, 4], add_fpn=True)).eval()
     backbone.save_pretrained(tmp_path)
-    assert AUTO_MAP["AutoBackbone"] == "modeling_mae.MAEBackbone"
+    assert AUTO_MAP["AutoBackbone"] == "backbone_mae.MAEBackbone"
     loaded = AutoBackbone.from_pretrained(tmp_path).eval()
     assert loaded.config.add_fpn and loaded.out_indices == [1, 2, 3, 4]
     pixels = torch.randn(2, 3, 16, 16)

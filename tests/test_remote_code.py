@@ -53,7 +53,8 @@ def test_saved_folder_loads_without_hf_mae(tmp_path):
     MAEImageProcessor.for_config(model.config).save_pretrained(folder)
     saved = json.loads((folder / "config.json").read_text())
     assert saved["auto_map"] == AUTO_MAP
-    for name in ("modeling_mae.py", "configuration_mae.py", "image_processing_mae.py", "card_mae.py"):
+    for name in ("modeling_mae.py", "configuration_mae.py", "image_processing_mae.py", "card_mae.py",
+                 "layers_mae.py", "classification_mae.py", "backbone_mae.py"):
         assert (folder / name).exists(), name
 
     pixels = torch.randn(2, 3, 16, 16)

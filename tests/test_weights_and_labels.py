@@ -20,7 +20,7 @@ from hf_mae.convert.names import ConversionError
 from hf_mae.evaluation.classifier import load_classifier
 from hf_mae.export.wrappers import load_model
 from hf_mae.models.loading import load_weights
-from hf_mae.models.mae.modeling_mae import MAEBackbone
+from hf_mae.models.mae.backbone_mae import MAEBackbone
 
 
 def save_encoder(folder: Path, model_class=MAEModel) -> Path:

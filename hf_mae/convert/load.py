@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 import torch
 
+from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
-from ..models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel, sincos_pos_embed
+from ..models.mae.modeling_mae import MAEForPreTraining, MAEModel, sincos_pos_embed
 from .config_inference import _infer_fields
 from .files import _config_from_json, _read_source, read_json_file
 from .names import (

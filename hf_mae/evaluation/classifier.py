@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ..models.loading import HEAD_PREFIXES, load_weights
+from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
-from ..models.mae.modeling_mae import MAEForImageClassification
 
 DEFAULT_MODEL = "outputs/pretrain"  # where scripts/pretrain.py writes by default
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.mae.backbone_mae import MAEBackbone
 from ..models.mae.image_processing_mae import MAEImageProcessor
-from ..models.mae.modeling_mae import MAEBackbone
 from ..training.optim import param_groups_layer_decay, param_groups_weight_decay
 from .classifier import quiet_transformers, read_mae_config
 from .metrics.mean_iou import scores_from_confusion

@@ -9,9 +9,10 @@ from torch import nn
 
 from ..convert.vitmae import fold_batchnorm
 from ..models.loading import load_weights
+from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor
-from ..models.mae.modeling_mae import MAEForImageClassification, MAEForPreTraining, MAEModel
+from ..models.mae.modeling_mae import MAEForPreTraining, MAEModel
 from .spec import CLASSIFIER_OUTPUTS, ENCODER_OUTPUTS, PretrainingModelError
 
 # --------------------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from transformers import ViTForImageClassification
 from ..atomic import write_json
 from ..convert.vitmae import fold_batchnorm, to_transformers
 from ..models.loading import load_weights
+from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor, check_processor_matches
-from ..models.mae.modeling_mae import AUTO_MAP, MAEForImageClassification, MAEForPreTraining, MAEModel
+from ..models.mae.modeling_mae import AUTO_MAP, CODE_FILES, MAEForPreTraining, MAEModel
 from .cards import _PRETRAINING_EXTRAS, DEFAULT_COMMIT_MESSAGES, KINDS, _read_json, render_model_card
 from .http import hub_endpoint
 
@@ -23,7 +24,6 @@ logger = logging.getLogger(__name__)
 UPLOAD_FORMATS = ("hf_mae", "vit")  # the layouts an upload folder can take
 
 
-CODE_FILES = ("configuration_mae.py", "modeling_mae.py", "image_processing_mae.py", "card_mae.py")
 
 
 _VIT_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
@@ -84,11 +84,11 @@ def check_processor(src: Path) -> None:
 
 
 def _copy_model_files(src: Path, dst: Path) -> None:
-    """Copy a save_pretrained folder's model files (weights, config, processor, code) and make sure the copy
-    carries the full auto_map and the code files: it loads with trust_remote_code where hf_mae is absent."""
+    """Copy a save_pretrained folder's model files (weights, config, processor) with the installed hf_mae's code
+    files and its full auto_map (the code that wrote the folder may be older): the copy loads with
+    trust_remote_code where hf_mae is absent."""
     dst.mkdir(parents=True, exist_ok=True)
-    for path in [src / "config.json", *_weight_files(src), src / "preprocessor_config.json",
-                 *(src / name for name in CODE_FILES)]:
+    for path in [src / "config.json", *_weight_files(src), src / "preprocessor_config.json"]:
         if path.is_file():
             shutil.copyfile(path, dst / path.name)
     config = _read_json(dst / "config.json")
@@ -103,8 +103,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
         processor["auto_map"] = {"AutoImageProcessor": AUTO_MAP["AutoImageProcessor"]}
         write_json(dst / "preprocessor_config.json", processor, sort_keys=True)
     for name in CODE_FILES:
-        if not (dst / name).is_file():
-            shutil.copyfile(_MODEL_CODE_DIR / name, dst / name)
+        shutil.copyfile(_MODEL_CODE_DIR / name, dst / name)
 
 
 def _vit_processor_config(mae_processor: dict, num_channels: int) -> dict:

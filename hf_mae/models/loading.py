@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .mae.modeling_mae import check_loaded_weights
+from .mae.backbone_mae import check_loaded_weights
 
 HEAD_PREFIXES = ("fc_norm.", "head.")  # a classifier's head: the only tensors a load may create new
 

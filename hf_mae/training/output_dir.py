@@ -27,10 +27,9 @@ _TAKEN: list[Path] = []
 # What hf_mae programs write into an output folder: the names `--overwrite_output_dir` removes (nothing else
 # in the folder is touched) and, without a marker, the names that show a folder already holds outputs.
 OWNED_NAMES = ("checkpoints", RUN_MARKER, "log.jsonl", "results.json", "training_args.json", "config.json",
-               "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json", "configuration_mae.py",
-               "modeling_mae.py", "image_processing_mae.py", "card_mae.py", "encoder", "best", "reconstructions",
-               "*.png", "features.pt", "README.md", "model.onnx", "model_int8.onnx", "model.pt2", "model.pt",
-               "export_info.json", "export_report.json", ".*.tmp")
+               "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json", "*_mae.py", "encoder", "best",
+               "reconstructions", "*.png", "features.pt", "README.md", "model.onnx", "model_int8.onnx", "model.pt2",
+               "model.pt", "export_info.json", "export_report.json", ".*.tmp")
 
 
 class OutputDirError(ValueError):

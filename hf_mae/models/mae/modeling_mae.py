@@ -4,7 +4,7 @@ Layout and state-dict names follow the official `models_mae.py` (`patch_embed.pr
 `decoder_blocks.i`), so converting official or timm weights is a rename. Masking convention: 1 = removed.
 """
 
-import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,27 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .card_mae import upload_folder, write_model_card
 from .configuration_mae import MAEConfig
 from .image_processing_mae import normalize_patches, patchify, unpatchify
+from .layers_mae import MAEBlock
 
-try:
-    from transformers.backbone_utils import BackboneMixin
-except ImportError:  # transformers < 5.2 kept it under utils
-    from transformers.utils.backbone_utils import BackboneMixin
-
+# The remote-code unit: every file of this folder that a saved checkpoint carries (only sibling imports).
+CODE_FILES = tuple(sorted(path.name for path in Path(__file__).parent.glob("*_mae.py")))
 AUTO_MAP = {
     "AutoConfig": "configuration_mae.MAEConfig",
     "AutoModel": "modeling_mae.MAEModel",
     "AutoModelForPreTraining": "modeling_mae.MAEForPreTraining",
-    "AutoModelForImageClassification": "modeling_mae.MAEForImageClassification",
+    "AutoModelForImageClassification": "classification_mae.MAEForImageClassification",
     "AutoImageProcessor": "image_processing_mae.MAEImageProcessor",
-    "AutoBackbone": "modeling_mae.MAEBackbone",
+    "AutoBackbone": "backbone_mae.MAEBackbone",
 }
 
 
@@ -100,86 +95,6 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
     """
     ids_keep, mask, ids_restore = masking_indices(x.shape[0], x.shape[1], mask_ratio, noise, x.device, x.dtype)
     return gather_tokens(x, ids_keep), mask, ids_restore
-
-
-def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain matmul + softmax attention; returns (B, N, H, hd) and the attention weights.
-
-    The scale goes on the query (N x hd values, not N x N), and the softmax runs in the input's dtype: its
-    kernels accumulate in fp32 anyway, and bf16 weights are what the second matmul takes, so no fp32 copy
-    of the N x N weights is made or kept for backward."""
-    weights = torch.matmul(query * scaling, key.transpose(-2, -1)).softmax(dim=-1)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2), weights
-
-
-class MAEAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, through transformers' attention interface."""
-
-    def __init__(self, config: MAEConfig, dim: int, num_heads: int):
-        super().__init__()
-        self.config = config
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, output_attentions: bool = False):
-        batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # (B, H, N, hd) each
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        if (implementation == "sdpa" and query.device.type == "cpu" and query.dtype == torch.bfloat16
-                and torch.is_grad_enabled()):
-            implementation = "eager"  # bf16 SDPA backward is 2-8x slower than matmul+softmax on CPUs
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
-        out, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
-        return self.proj(out.reshape(batch, length, dim)), weights
-
-
-class MAEMLP(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the residual branch per sample during training."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
-
-
-class MAEBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block (timm layout: norm1, attn, norm2, mlp)."""
-
-    def __init__(self, config: MAEConfig, dim: int, num_heads: int, mlp_dim: int, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = MAEAttention(config, dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = MAEMLP(dim, mlp_dim)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor, output_attentions: bool = False):
-        attn_out, weights = self.attn(self.norm1(x), output_attentions)
-        x = x + self.drop_path(attn_out)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, weights
 
 
 class PatchEmbed(nn.Module):
@@ -299,6 +214,8 @@ class MAEPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):  # one writer in multi-process saves, as for the weights
             return result
+        for name in CODE_FILES:  # the whole unit: every Auto class in `auto_map` finds its file
+            shutil.copyfile(Path(__file__).parent / name, Path(save_directory) / name)
         self.write_model_card(save_directory, repo_id=repo_id)
         if push:
             upload_folder(save_directory, repo_id or Path(save_directory).name, **hub_kwargs)
@@ -521,209 +438,5 @@ class MAEForPreTraining(MAEPreTrainedModel):
         return output if return_dict is not False else (loss, pred, encoded.mask)
 
 
-class MAEForImageClassification(MAEPreTrainedModel):
-    """MAE encoder + classification head.
-
-    `classifier_head="linear_probe"` (official linear probing): frozen encoder kept in eval mode, features
-    after the final norm (CLS or mean of patch tokens), BatchNorm without affine, Linear.
-    `classifier_head="finetune"`: trainable encoder, pooled tokens before the final norm, LayerNorm
-    (fc_norm), Linear: the official fine-tuning head with global average pooling.
-    """
-
-    def __init__(self, config: MAEConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.encoder = MAEModel(config)
-        dim = config.hidden_size
-        if config.classifier_head == "linear_probe":
-            self.fc_norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-            self.encoder.requires_grad_(False)
-        else:
-            self.fc_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.head = nn.Linear(dim, config.num_labels)
-        self.head.init_std = 0.01 if self.is_linear_probe else 2e-5  # official head inits
-        self.post_init()
-        self.freeze_unused()
-
-    def freeze_unused(self) -> None:
-        """Freeze what the head does not train: the whole encoder for a linear probe; the encoder's final norm
-        for fine-tuning (it pools pre-norm tokens into fc_norm), so no trainable parameter goes without a
-        gradient (DDP without find_unused_parameters fails on one)."""
-        if self.is_linear_probe:
-            self.encoder.requires_grad_(False)
-        else:
-            self.encoder.norm.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
-        model.freeze_unused()  # loading re-creates the parameters
-        return loaded
-
-    @property
-    def is_linear_probe(self) -> bool:
-        return self.config.classifier_head == "linear_probe"
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.is_linear_probe:
-            self.encoder.eval()  # frozen features: no dropout/drop-path
-        return self
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, 1:].mean(dim=1) if self.config.pooling == "mean" else tokens[:, 0]
-
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pooled features that enter `fc_norm`, (B, D)."""
-        return self._encode(pixel_values)[0]
-
-    def _encode(self, pixel_values, output_attentions=False, output_hidden_states=False):
-        """(pooled features, hidden states, attentions): after the final norm for the linear probe, before it
-        for fine-tuning. The probe's encoder is frozen by requires_grad (autograd records nothing through it),
-        so an encoder unfrozen on purpose trains, with gradient checkpointing too."""
-        if self.is_linear_probe:
-            encoded = self.encoder(pixel_values, output_attentions=output_attentions,
-                                   output_hidden_states=output_hidden_states)
-            return self.pool(encoded.last_hidden_state), encoded.hidden_states, encoded.attentions
-        tokens, _, _, hidden_states, attentions = self.encoder.forward_tokens(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        return self.pool(tokens), hidden_states, attentions
-
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs):
-        """`labels` as `config.problem_type` says (see `classification_loss`): class indices (B,) or soft
-        targets (B, num_labels) such as mixup's, multi-hot (B, num_labels) floats, or regression values."""
-        output_attentions = output_attentions or self.config.output_attentions
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        pooled, hidden_states, attentions = self._encode(pixel_values, output_attentions, output_hidden_states)
-        logits = self.head(self.fc_norm(pooled))
-        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
-        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
-        return output if return_dict is not False else output.to_tuple()
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str | None) -> torch.Tensor:
-    """The loss of transformers' classifiers for `problem_type`, computed in fp32.
-
-    "regression": MSE; "multi_label_classification": BCE with logits on multi-hot floats;
-    "single_label_classification": cross-entropy on class indices (B,) or on soft targets (B, num_labels),
-    e.g. mixup's. With no problem type: regression for one output, else single-label; floating labels of
-    shape (B, num_labels) are soft targets there (a multi-label task must say so in `config.problem_type`).
-    """
-    num_labels = logits.shape[-1]
-    if problem_type is None:
-        problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    logits = logits.float()
-    if problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.float().reshape(logits.squeeze(-1).shape))
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.float().reshape(logits.shape))
-    if problem_type != "single_label_classification":
-        raise ValueError(f"unknown problem_type {problem_type!r}: expected 'regression', "
-                         "'single_label_classification' or 'multi_label_classification'")
-    if labels.is_floating_point() and labels.shape == logits.shape:
-        return F.cross_entropy(logits, labels.float())  # soft targets
-    return F.cross_entropy(logits.view(-1, num_labels), labels.long().view(-1))
-
-
-class MAEFeaturePyramid(nn.Module):
-    """Four same-resolution ViT maps -> 4x, 2x, 1x and 0.5x maps: the multi-scale neck that MAE's and BEiT's
-    UperNet segmentation code put on a plain ViT (2x2 stride-2 deconvolutions up, a 2x2 max-pool down)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
-                                 nn.ConvTranspose2d(dim, dim, 2, stride=2))
-        self.up2 = nn.ConvTranspose2d(dim, dim, 2, stride=2)
-        self.down2 = nn.MaxPool2d(2, stride=2)
-
-    def forward(self, maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])
-
-
-ENCODER_TENSOR = re.compile(r"(?:encoder\.)?(?:cls_token|pos_embed|patch_embed\.|blocks\.|norm\.)")
-
-
-def check_loaded_weights(model: nn.Module, info: dict, source, new_prefixes: tuple[str, ...] = ()) -> list[str]:
-    """Refuse a load that left the encoder incomplete: any encoder tensor missing, unexpected or of another shape
-    raises ValueError naming the tensors, and so does any non-finite weight. Tensors under `new_prefixes` (a new
-    head) may be missing or of another shape; returns those that were new. Unexpected tensors outside the
-    encoder (a decoder, another head) are dropped."""
-    mismatched = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in info.get("mismatched_keys", ())}
-    missing = set(info.get("missing_keys", ())) | set(mismatched)
-    new = sorted(key for key in missing if key.startswith(new_prefixes))
-    problems = []
-    for what, keys in (("are missing from its weights", missing - set(mismatched) - set(new)),
-                       ("are in its weights but not in this model (renamed, or layers beyond its config)",
-                        {k for k in info.get("unexpected_keys", ()) if ENCODER_TENSOR.match(k)})):
-        if keys:
-            problems.append(f"{len(keys)} encoder tensors {what} (e.g. {', '.join(sorted(keys)[:4])})")
-    wrong_shape = [f"{k} (checkpoint {c}, config {m})" for k, (c, m) in sorted(mismatched.items()) if k not in new]
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensor(s) of another shape than its config.json says: "
-                        f"{', '.join(wrong_shape[:3])}")
-    bad = [name for name, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-    if bad:
-        problems.append(f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:4])}")
-    if problems:
-        raise ValueError(f"{source!r}: the weights do not fit {type(model).__name__}, not a complete MAE encoder: "
-                         + "; ".join(problems)
-                         + ". Give the folder the weights were saved in, unedited (convert other layouts with "
-                           "scripts/convert_checkpoint.py).")
-    return new
-
-
-class MAEBackbone(BackboneMixin, MAEPreTrainedModel):
-    """The MAE encoder as a transformers backbone (AutoBackbone) for dense-prediction heads (UperNet, DPT...).
-
-    Stages are "stem" (patch embeddings + positions) and "stage1".."stageN" (each block's output, before the
-    final norm); `config.out_features` / `out_indices` choose them. Feature maps are (B, hidden_size, H/p,
-    W/p) without the CLS token, or the (B, 1 + N, D) tokens with `config.reshape_hidden_states=False`;
-    `config.add_fpn=True` makes the 4x / 2x / 1x / 0.5x pyramid of four stages. Loads the encoder weights of
-    any hf_mae encoder, pretraining or classifier checkpoint: `AutoBackbone.from_pretrained(folder,
-    out_indices=[4, 6, 8, 12])`. No masking: features are deterministic.
-    """
-
-    def __init__(self, config: MAEConfig):
-        super().__init__(config)
-        if config.add_fpn and len(config.out_indices) != 4:  # out_indices may have changed since the check
-            raise ValueError(f"add_fpn=True needs exactly 4 out_indices, got {config.out_indices}")
-        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
-        self.encoder = MAEModel(config)
-        self.fpn = MAEFeaturePyramid(config.hidden_size) if config.add_fpn else None
-        self.post_init()
-        self.encoder.norm.requires_grad_(False)  # the stages are taken before the final norm: it is unused
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        wants_info = kwargs.pop("output_loading_info", False)
-        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported by name below, not loaded at random
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        check_loaded_weights(model, info, args[0] if args else kwargs.get("pretrained_model_name_or_path"),
-                             new_prefixes=("fpn.",))
-        model.encoder.norm.requires_grad_(False)  # loading re-creates the parameters
-        return (model, info) if wants_info else model
-
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
-                output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs) -> BackboneOutput:
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        encoded = self.encoder(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
-        rows, cols = self.encoder._check_pixel_values(pixel_values)
-        maps = []
-        for stage, tokens in zip(self.stage_names, encoded.hidden_states):  # (B, 1 + N, D) each
-            if stage in self.out_features:
-                if self.config.reshape_hidden_states:
-                    tokens = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, rows, cols)
-                maps.append(tokens)
-        maps = self.fpn(tuple(maps)) if self.fpn is not None else tuple(maps)
-        output = BackboneOutput(feature_maps=maps,
-                                hidden_states=encoded.hidden_states if output_hidden_states else None,
-                                attentions=encoded.attentions)
-        return output if return_dict is not False else output.to_tuple()
-
-
-__all__ = ["MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone", "MAEPreTrainedModel",
-           "sincos_pos_embed", "random_masking", "masking_indices"]
+__all__ = ["MAEModel", "MAEForPreTraining", "MAEPreTrainedModel", "sincos_pos_embed", "random_masking",
+           "masking_indices"]
