@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +40,29 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
         require("onnx", "ONNX export")
         if check or "int8" in formats:
             require("onnxruntime", "checking ONNX exports" if check else "int8 quantization")
-    module = wrap_for_export(model)
-    config = wrapped_config(module)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Everything is written and checked in a staging folder and moved into place only when every check passed:
+    # an export that fails (parity, a crash, Ctrl-C) leaves none of its files behind.
+    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=output_dir))
+    try:
+        info = _export_into(staging, model, formats, processor=processor, check=check, atol=atol, rtol=rtol,
+                            opset_version=opset_version, onnx_exporter=onnx_exporter, per_channel=per_channel,
+                            keep_fp32=keep_fp32, num_check_images=num_check_images, source=source)
+        staged = sorted(staging.iterdir(), key=lambda path: path.name == "export_info.json")  # the info last
+        for path in staged:
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def _export_into(output_dir: Path, model: nn.Module, formats: Sequence[str], *, processor, check: bool,
+                 atol: float | None, rtol: float, opset_version: int, onnx_exporter: str, per_channel: bool,
+                 keep_fp32: Sequence[str], num_check_images: int, source: str | None) -> dict:
+    """`export_model`'s work, in the (staging) folder `output_dir`."""
+    module = wrap_for_export(model)
+    config = wrapped_config(module)
     height, width = config.image_hw
     kind = "classifier" if isinstance(module, ClassifierForExport) else "encoder"
     inner = module.classifier if kind == "classifier" else module.encoder

