@@ -186,7 +186,8 @@ def test_cards_metadata_read_back(built):
         assert data["pipeline_tag"] == pipeline
         assert expected_tags <= set(data["tags"])
         assert ("custom_code" in data["tags"]) == (fmt == "hf_mae")
-        assert "datasets" not in data  # the embedded default data is not a Hub dataset: no claim
+        assert data["datasets"] == ["ylecun/mnist"]  # the embedded default digits: the Hub's MNIST, named
+        assert card.data.eval_results[0].dataset_type == "ylecun/mnist"
         # the model-index holds the probe's results, read back as EvalResults
         results = {r.metric_type: r for r in card.data.eval_results}
         assert results["accuracy"].metric_value == 91.25 and results["top_5_accuracy"].metric_value == 99.5
@@ -195,6 +196,8 @@ def test_cards_metadata_read_back(built):
         assert ModelCard(path.read_text()).data.to_dict() == data  # loading is lossless
         assert "tester/" in card.text and "```python" in card.text
     assert ModelCard.load(built["probe", "vit"].folder / "README.md").data.base_model == "tester/mae-enc"
+    for kind in ("encoder", "pretraining"):  # the encoder is the base: nothing is named above it
+        assert ModelCard.load(built[kind, "hf_mae"].folder / "README.md").data.base_model is None
     pretraining = (built["pretraining", "hf_mae"].folder / "README.md").read_text()
     for row in ("| Epochs | 3 |", "| Effective batch size | 16 |", "| Base learning rate (blr) | 1.50e-04 |",
                 "| Mask ratio | 0.75 |", "| Norm-pix loss (per-patch normalised targets) | yes |",

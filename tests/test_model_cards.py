@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import subprocess_timeout, tiny_config
 from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
 from transformers import AutoModel
 
 from hf_mae import MAEBackbone, MAEForImageClassification, MAEForPreTraining, MAEModel
@@ -33,6 +34,7 @@ def test_save_pretrained_writes_a_card(tmp_path, model_class, pipeline_tag, auto
     card = ModelCard.load(tmp_path / "README.md")
     assert {"mae", "self-supervised", "vision", "hf_mae"} <= set(card.data.tags)
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == pipeline_tag
+    assert metadata_load(tmp_path / "README.md")["license"] == "apache-2.0"
     assert "[More Information Needed]" not in card.text and f"`{model_class.__name__}`" in card.text
     assert f"{auto_class}.from_pretrained(repo_id, trust_remote_code=True)" in card.text
     assert "32-d, 2 blocks, 2 heads, 4x4 patches" in card.text and "16x16 pixels, 3 channel(s)" in card.text
@@ -54,6 +56,17 @@ def test_the_card_snippet_runs(tmp_path):
     finally:
         os.chdir(cwd)
     assert scope["features"].shape == (1, 17, 32)
+
+
+def test_the_short_card_names_its_datasets_and_never_a_staging_folder(tmp_path):
+    from hf_mae.models.mae.card_mae import write_model_card
+
+    staging = tmp_path / ".encoder.abc123.tmp"
+    staging.mkdir()
+    assert write_model_card(MAEModel(tiny_config()), staging, datasets=["ylecun/mnist"])
+    assert metadata_load(staging / "README.md")["datasets"] == ["ylecun/mnist"]
+    text = (staging / "README.md").read_text()
+    assert ".abc123" not in text and 'repo_id = "path/to/this/folder"' in text
 
 
 def test_a_card_that_is_not_ours_is_kept(tmp_path):
@@ -134,3 +147,35 @@ def test_loaded_card_folder_still_loads(tmp_path):
 def test_only_the_main_process_writes_the_card(tmp_path):
     MAEModel(tiny_config()).save_pretrained(tmp_path, is_main_process=False)
     assert not (tmp_path / "README.md").exists()
+
+PROCESSOR_AFTER_MODEL_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_config
+    from hf_mae import MAEImageProcessor, MAEModel
+    MAEModel(tiny_config()).push_to_hub("tester/mae-keep", commit_message="model")
+    MAEImageProcessor.for_config(tiny_config()).push_to_hub("tester/mae-keep", commit_message="processor")
+    MAEImageProcessor.for_config(tiny_config()).push_to_hub("tester/processor-only")
+""")
+
+
+@pytest.mark.slow
+def test_a_later_processor_push_keeps_the_card(tmp_path):
+    """transformers' PushToHubMixin writes a generic README on every push; hf_mae's card stays the repo's card."""
+    from hub_server import FakeHub
+
+    with FakeHub(TOKEN) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf_home")}
+        proc = subprocess.run([sys.executable, "-c", PROCESSOR_AFTER_MODEL_CHILD, str(Path(__file__).parent)],
+                              env=env, capture_output=True, text=True, timeout=subprocess_timeout(120))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        commits = hub.repos[("model", "tester/mae-keep")].commits
+        assert "preprocessor_config.json" in commits[-1]["files"]
+        readme = [c["files"]["README.md"] for c in commits if "README.md" in c["files"]]
+        (tmp_path / "README.md").write_bytes(readme[-1])
+        meta = metadata_load(tmp_path / "README.md")
+        assert is_auto_model_card(tmp_path / "README.md") and "[More Information Needed]" not in readme[-1].decode()
+        assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "image-feature-extraction"
+        only = hub.repos[("model", "tester/processor-only")].commits[-1]["files"]
+        assert "preprocessor_config.json" in only and b"[More Information Needed]" not in only.get("README.md", b"")

@@ -24,6 +24,8 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
+from .card_mae import push_saved
+
 try:  # transformers >= 5.25 names the per-image result of semantic-segmentation post-processing
     from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput as _SegmentationOutput
 except ImportError:
@@ -283,6 +285,12 @@ class MAEImageProcessor(PilBackend):
         """Raise a ValueError naming both sides when this processor's output does not fit the model of
         `config`; see `check_processor_matches`."""
         check_processor_matches(self, config)
+
+    def push_to_hub(self, repo_id: str, *, max_shard_size=None, tags: list[str] | None = None, **hub_kwargs):
+        """Upload the processor's files in one commit and leave the repo's model card as it is (transformers'
+        push_to_hub would replace hf_mae's card with its generic one). `max_shard_size` and `tags` are
+        transformers' model-card and weight options: a processor has neither."""
+        return push_saved(self, repo_id, **hub_kwargs)
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False):
         """Per-pixel class ids (H, W) of each image from a segmentation model's `logits` (B, classes, h, w),
