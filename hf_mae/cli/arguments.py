@@ -138,8 +138,10 @@ def add_attn_implementation_argument(group, *, help: str, default: str | None = 
     group.add_argument("--attn_implementation", default=default, choices=choices, help=help)
 
 
-def add_eval_batch_size_argument(group, help: str = "images per device for feature extraction and evaluation"):
-    group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=256, help=help)
+def add_eval_batch_size_argument(group, help: str = "images per device for feature extraction and evaluation",
+                                 default: int = 256):
+    group.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=default,
+                       help=help)
 
 
 # Flags that do not change what a run computes (where it writes, how often it logs or saves, how fast it goes):
@@ -267,6 +269,16 @@ RECIPE_FLAGS = {  # program -> the recipe flags it takes, with its help text and
         "crop_min_scale": _Flag("--augment: RandomResizedCrop scale lower bound (official 0.08)", 0.08),
         "no_hflip": _Flag("--augment: no horizontal flip"),
     },
+    "segment": {
+        "max_train_steps": _Flag("optimizer steps (mmsegmentation 160000; embedded 300)"),
+        "per_device_batch_size": _Flag("images per device per step (mmsegmentation 16 in all; embedded 16)"),
+        "gradient_accumulation_steps": _Flag(_ACCUMULATION, 1),
+        "lr": _Flag("peak lr (mmsegmentation 1e-4; embedded 1e-3)"),
+        "min_lr": _Flag("poly decay floor (0)", 0.0),
+        "warmup_steps": _Flag("linear warmup steps (mmsegmentation 1500; embedded 30)"),
+        "weight_decay": _Flag("AdamW weight decay (0.05)", 0.05),
+        "max_grad_norm": _Flag("clip gradients (default off)"),
+    },
 }
 
 # What a flag left unset takes, by program and by the data in use: "embedded" (no data flag: the embedded default
@@ -298,6 +310,12 @@ RECIPE_DEFAULTS = {
         "embedded": {"epochs": 90, "blr": 10.0, "warmup_epochs": 10, "per_device_batch_size": 256},
         "paper": {"epochs": 90, "blr": 0.1, "warmup_epochs": 10, "per_device_batch_size": 512},
     },
+    "segment": {  # embedded: the digit scenes (2,000 training scenes of 56x56); paper: mmsegmentation's ViT-B ADE20K
+        "embedded": {"max_train_steps": 300, "per_device_batch_size": 16, "lr": 1e-3, "warmup_steps": 30,
+                     "crop_size": 56, "hflip": False, "eval_mode": "whole", "head_hidden_size": 64},
+        "paper": {"max_train_steps": 160_000, "per_device_batch_size": 16, "lr": 1e-4, "warmup_steps": 1500,
+                  "crop_size": 512, "hflip": True, "eval_mode": "slide", "head_hidden_size": 512},
+    },
 }
 
 
@@ -313,7 +331,7 @@ def add_recipe_arguments(group, program: str) -> None:
 
 def is_embedded(args: argparse.Namespace) -> bool:
     """True when no data flag was given (the embedded default data is used)."""
-    return not (args.dataset_name or args.train_dir or args.data_files)
+    return not (args.dataset_name or getattr(args, "train_dir", None) or args.data_files)
 
 
 def recipe_of(args: argparse.Namespace) -> str:

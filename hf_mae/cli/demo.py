@@ -13,14 +13,14 @@ import argparse
 import os
 
 from ..evaluation.classifier import DEFAULT_MODEL
-from .arguments import positive_int, run_cli
+from .arguments import add_model_argument, positive_int, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "--model_name_or_path", default=DEFAULT_MODEL,
-                        help="a pretraining folder or Hub id (reconstructions), or a classifier (top-5); default "
-                             f"{DEFAULT_MODEL}")
+    add_model_argument(parser, default=DEFAULT_MODEL,
+                       help="a pretraining folder or Hub id (reconstructions), or a classifier (top-5); default "
+                            f"{DEFAULT_MODEL}")
     parser.add_argument("--classifier", default=None,
                         help="a linear-probe or fine-tune folder / Hub id whose top-5 classes are shown too")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine "

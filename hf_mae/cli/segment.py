@@ -6,7 +6,7 @@ head, AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, layer-wise lr decay 
 (neck and heads at the full lr), drop path 0.1, 1,500 warmup steps then poly decay (power 1), 160k steps at
 batch 16, random resize 0.5-2.0 + crop + flip, sliding-window evaluation. With no data flag it trains on the
 embedded "digit scenes" (56x56 canvases of 2-4 MNIST digits, 11 classes: background and the ten digits) with
-defaults sized for a few minutes on 2 CPU cores (EMBEDDED_DEFAULTS, chosen on a validation split carved from
+defaults sized for a few minutes on 2 CPU cores (cli/arguments.RECIPE_DEFAULTS, chosen on a validation split carved from
 the training scenes: `--validation_fraction`).
 
 `results.json` holds `mean_iou`, `pixel_accuracy` (percent, held-out split) and `per_class_iou`; the output
@@ -27,6 +27,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,13 +54,16 @@ from ..training.loop import TrainingLoop, plan_schedule
 from ..training.optim import build_adamw, poly_lr_at_step
 from ..training.run import finish_run, print_banner, start_run
 from .arguments import (
+    add_attn_implementation_argument,
+    add_eval_batch_size_argument,
+    add_model_argument,
     add_push_arguments,
+    add_recipe_arguments,
     add_run_arguments,
+    apply_defaults,
     check_push_arguments,
     dataloader_workers,
     loop_config,
-    nonnegative_float,
-    nonnegative_int,
     open_fraction,
     positive_float,
     positive_int,
@@ -67,14 +71,6 @@ from .arguments import (
     run_config,
     scale_fraction,
 )
-
-# Unset flags take these values on the embedded digit scenes (2,000 training scenes of 56x56) or mmsegmentation's
-# ViT-B ADE20K values elsewhere.
-EMBEDDED_DEFAULTS = {"max_train_steps": 300, "per_device_batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 30,
-                     "crop_size": 56, "hflip": False, "eval_mode": "whole", "head_hidden_size": 64}
-PAPER_DEFAULTS = {"max_train_steps": 160_000, "per_device_batch_size": 16, "learning_rate": 1e-4,
-                  "warmup_steps": 1500, "crop_size": 512, "hflip": True, "eval_mode": "slide",
-                  "head_hidden_size": 512}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache_dir", default=None, help="datasets / embedded-data cache folder")
     data.add_argument("--strict_images", action="store_true", help="fail on an undecodable image")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", "--model_name_or_path", default=DEFAULT_MODEL,
+    add_model_argument(model, default=DEFAULT_MODEL,
                        help="hf_mae pretraining, encoder or classifier folder (or Hub id) whose encoder is the "
                             "backbone (default outputs/pretrain)")
     model.add_argument("--random_init", action="store_true", help="baseline: the same architecture untrained")
@@ -112,19 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="UperNet channels (mmsegmentation 512; embedded 64)")
     model.add_argument("--no_auxiliary_head", dest="auxiliary_head", action="store_false",
                        help="train without the auxiliary FCN head (weight 0.4)")
-    model.add_argument("--attn_implementation", default=None, help="sdpa or eager (default: eager on CPU, else sdpa)")
+    add_attn_implementation_argument(model, help="sdpa or eager (default: eager on CPU, else sdpa)")
     recipe = parser.add_argument_group("recipe (unset: mmsegmentation's values, or the embedded-data defaults)")
-    recipe.add_argument("--max_train_steps", type=positive_int, default=None,
-                        help="optimizer steps (mmsegmentation 160000; embedded 300)")
-    recipe.add_argument("--per_device_batch_size", "--per_device_train_batch_size", type=positive_int, default=None,
-                        help="images per device per step (mmsegmentation 16 in all; embedded 16)")
-    recipe.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    recipe.add_argument("--learning_rate", "--lr", type=positive_float, default=None,
-                        help="peak lr (mmsegmentation 1e-4; embedded 1e-3)")
-    recipe.add_argument("--min_lr", type=nonnegative_float, default=0.0, help="poly decay floor (0)")
-    recipe.add_argument("--warmup_steps", type=nonnegative_int, default=None,
-                        help="linear warmup steps (mmsegmentation 1500; embedded 30)")
-    recipe.add_argument("--weight_decay", type=nonnegative_float, default=0.05, help="AdamW weight decay (0.05)")
+    add_recipe_arguments(recipe, "segment")
     recipe.add_argument("--layer_decay", type=scale_fraction, default=0.65,
                         help="layer-wise lr decay over the encoder blocks (0.65)")
     recipe.add_argument("--drop_path", type=open_fraction, default=0.1, help="stochastic depth rate (0.1)")
@@ -133,12 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random resize factors (0.5 2.0)")
     recipe.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                         help="random horizontal flip (on; embedded off: digits are not symmetric)")
-    recipe.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (default off)")
     recipe.add_argument("--eval_mode", choices=["whole", "slide"], default=None,
                         help="held-out inference: whole image or sliding window (slide; embedded whole)")
     recipe.add_argument("--eval_stride", type=positive_int, default=None,
                         help="sliding-window stride (default 2/3 of the crop: 341 for 512)")
-    recipe.add_argument("--eval_batch_size", "--per_device_eval_batch_size", type=positive_int, default=16)
+    add_eval_batch_size_argument(recipe, help="images per device for evaluation (16)", default=16)
     run = add_run_arguments(parser, output_dir="outputs/segment")
     add_push_arguments(run, "the segmentation model (model + card)")
     return parser
@@ -149,11 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_push_arguments(args)
     if args.ratio_range[0] > args.ratio_range[1]:
         raise SystemExit(f"--ratio_range: low {args.ratio_range[0]} is above high {args.ratio_range[1]}")
-    embedded = not (args.dataset_name or args.data_files)
-    for name, value in (EMBEDDED_DEFAULTS if embedded else PAPER_DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return apply_defaults(args, "segment")
 
 
 def load_data(args):
@@ -187,12 +168,28 @@ def class_names(args, label_names) -> list[str]:
     return list(label_names[:count]) if label_names and len(label_names) >= count else [str(i) for i in range(count)]
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Fine-tune UperNet on the MAE encoder; returns the results dict (also in `<output_dir>/results.json`)."""
-    wall_start = time.time()
-    accelerator, run_log, out_dir = start_run(run_config(args), "segmentation", inputs=(args.model,),
-                                              save_settings=True,
-                                              gradient_accumulation_steps=args.gradient_accumulation_steps)
+@dataclass
+class _Setup:
+    """What `main` builds before training: the prepared model and loaders, and what the results report."""
+    model: object
+    optimizer: object
+    train_loader: object
+    eval_loader: object
+    train_fn: SegmentationTransformFn
+    eval_fn: SegmentationTransformFn
+    processor: object
+    names: list[str]
+    note: str
+    source: str
+    eval_name: str
+    num_train: int
+    eval_data: object
+    attn: str | None
+    patch: int
+
+
+def _setup(args: argparse.Namespace, accelerator) -> _Setup:
+    """Data, model (UperNet on the MAE encoder or its random-init twin), processor, loaders and optimizer."""
     mae_config = read_mae_config(args.model)  # fail on a wrong checkpoint before loading any data
     train_data, eval_data, source, label_names, eval_name = load_data(args)
     names = class_names(args, label_names)
@@ -208,51 +205,71 @@ def main(args: argparse.Namespace) -> dict:
                                        channels, len(names), args.reduce_labels, args.strict_images)
     eval_fn = SegmentationTransformFn(PairedEvalTransform(mean, std), channels, len(names), args.reduce_labels,
                                       strict=True)
-    workers = dataloader_workers(args)
-    train_loader = segmentation_train_loader(train_data, train_fn, args.per_device_batch_size, workers, args.seed)
+    train_loader = segmentation_train_loader(train_data, train_fn, args.per_device_batch_size,
+                                             dataloader_workers(args), args.seed)
     eval_loader = segmentation_eval_loader(eval_data, eval_fn, args.eval_batch_size, patch,
                                            accelerator.process_index, accelerator.num_processes)
     optimizer = build_adamw(param_groups_segmenter(model, args.weight_decay, args.layer_decay),
-                            lr=args.learning_rate, betas=(0.9, 0.999))
+                            lr=args.lr, betas=(0.9, 0.999))
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
                          f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
-    schedule = plan_schedule(len(train_loader), args.gradient_accumulation_steps,
+    return _Setup(model, optimizer, train_loader, eval_loader, train_fn, eval_fn, processor, names, note, source,
+                  eval_name, len(train_data), eval_data, attn, patch)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Fine-tune UperNet on the MAE encoder; returns the results dict (also in `<output_dir>/results.json`)."""
+    wall_start = time.time()
+    accelerator, run_log, out_dir = start_run(run_config(args), "segmentation", inputs=(args.model,),
+                                              save_settings=True,
+                                              gradient_accumulation_steps=args.gradient_accumulation_steps)
+    run = _setup(args, accelerator)
+    schedule = plan_schedule(len(run.train_loader), args.gradient_accumulation_steps,
                              max_train_steps=args.max_train_steps, warmup_steps=args.warmup_steps)
-    unwrapped = accelerator.unwrap_model(model)
+    crop = (args.crop_size, args.crop_size)
+    channels = accelerator.unwrap_model(run.model).config.backbone_config.num_channels
 
     def placeholder():
         return {"pixel_values": torch.zeros(2, channels, *crop, device=accelerator.device),
                 "labels": torch.zeros(2, *crop, dtype=torch.long, device=accelerator.device)}
 
-    loop = TrainingLoop(accelerator, model, optimizer, train_loader, schedule, lr=args.learning_rate,
+    loop = TrainingLoop(accelerator, run.model, run.optimizer, run.train_loader, schedule, lr=args.lr,
                         min_lr=args.min_lr, config=loop_config(args), max_grad_norm=args.max_grad_norm,
-                        checkpoints_dir=out_dir / "checkpoints", processor=processor, run_log=run_log,
-                        desc="segmentation", placeholder=placeholder, bad_images=lambda: train_fn.num_bad,
+                        checkpoints_dir=out_dir / "checkpoints", processor=run.processor, run_log=run_log,
+                        desc="segmentation", placeholder=placeholder, bad_images=lambda: run.train_fn.num_bad,
                         lr_schedule=poly_lr_at_step)
-    state = loop.resume(args.resume_from_checkpoint)
-    history = state.get("history", [])
+    history = loop.resume(args.resume_from_checkpoint).get("history", [])
     effective_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     print_banner(accelerator, run_log, "segmentation (UperNet on the MAE encoder)", {
-        "model": note, "dataset": source, "num_train": len(train_data), "num_eval": len(eval_data),
-        "eval_split": eval_name, "num_labels": len(names), "crop_size": args.crop_size,
-        "effective_batch_size": effective_batch, "lr": args.learning_rate, "optimizer_steps": schedule.total_updates,
+        "model": run.note, "dataset": run.source, "num_train": run.num_train, "num_eval": len(run.eval_data),
+        "eval_split": run.eval_name, "num_labels": len(run.names), "crop_size": args.crop_size,
+        "effective_batch_size": effective_batch, "lr": args.lr, "optimizer_steps": schedule.total_updates,
         "epochs": schedule.epochs, "warmup_steps": schedule.warmup_updates, "layer_decay": args.layer_decay,
         "drop_path": args.drop_path, "weight_decay": args.weight_decay, "eval_mode": args.eval_mode,
-        "mixed_precision": accelerator.mixed_precision, "attn_implementation": attn or "sdpa",
+        "mixed_precision": accelerator.mixed_precision, "attn_implementation": run.attn or "sdpa",
         "device": str(accelerator.device), "resumed_from": str(loop.resumed_from) if loop.resumed_from else None})
+    final = _train(args, accelerator, run, loop, history, run_log)
+    results = {**_results(args, run, final, history), **final["summary"], "effective_batch_size": effective_batch,
+               "mixed_precision": accelerator.mixed_precision, "wall_time_s": round(time.time() - wall_start, 1)}
+    return _finish(args, accelerator, run, out_dir, results, run_log)
+
+
+def _train(args, accelerator, run: _Setup, loop: TrainingLoop, history: list, run_log) -> dict:
+    """The training steps, then the held-out evaluation (also when a resume finds nothing left to train)."""
     stride = args.eval_stride or max(1, args.crop_size * 2 // 3)
     final = {}
 
     def step(batch, epoch, batch_index):
-        return model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+        return run.model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
 
     def epoch_end(epoch_done, train_loss, done):
         if not done:
             return
-        final.update(evaluate_segmentation(accelerator, model, eval_loader, len(names), mode=args.eval_mode,
-                                           window=crop, stride=(stride, stride), ignore_index=IGNORE_INDEX))
+        final.update(evaluate_segmentation(accelerator, run.model, run.eval_loader, len(run.names),
+                                           mode=args.eval_mode, window=(args.crop_size, args.crop_size),
+                                           stride=(stride, stride), ignore_index=IGNORE_INDEX))
         record = {"event": "eval", "epoch": epoch_done, "step": loop.update_step, "train_loss": train_loss,
                   "eval_loss": final["loss"], "mean_iou": final["mean_iou"],
                   "pixel_accuracy": final["pixel_accuracy"]}
@@ -263,25 +280,32 @@ def main(args: argparse.Namespace) -> dict:
 
     summary = loop.run(step, on_epoch_end=epoch_end, extra_state=lambda: {"history": history})
     if not final:  # resumed from the last checkpoint: nothing left to train, evaluate what it holds
-        epoch_end(schedule.epochs, None, True)
-    per_class = dict(zip(names, final["per_class_iou"]))
-    results = {
-        "mean_iou": final["mean_iou"], "pixel_accuracy": final["pixel_accuracy"], "per_class_iou": per_class,
-        "eval_loss": final["loss"], "eval_split": eval_name, "eval_mode": args.eval_mode, "model": args.model,
-        "init": "random_init" if args.random_init else "pretrained", "num_labels": len(names),
-        "num_train": len(train_data), "num_eval": len(eval_data), "dataset": args.dataset_name or args.data_files,
-        "data_source": source,
-        **summary, "effective_batch_size": effective_batch, "learning_rate": args.learning_rate,
-        "warmup_steps": args.warmup_steps, "schedule": "linear warmup, poly (power 1)",
-        "weight_decay": args.weight_decay, "layer_decay": args.layer_decay, "drop_path": args.drop_path,
-        "crop_size": args.crop_size, "ratio_range": list(args.ratio_range), "hflip": args.hflip,
-        "reduce_labels": args.reduce_labels, "optimizer": "AdamW (0.9, 0.999)", "seed": args.seed,
-        "mixed_precision": accelerator.mixed_precision, "history": history,
-        "wall_time_s": round(time.time() - wall_start, 1), "args": vars(args),
+        epoch_end(loop.schedule.epochs, None, True)
+    return {**final, "summary": summary}
+
+
+def _results(args, run: _Setup, final: dict, history: list) -> dict:
+    return {
+        "mean_iou": final["mean_iou"], "pixel_accuracy": final["pixel_accuracy"],
+        "per_class_iou": dict(zip(run.names, final["per_class_iou"])), "eval_loss": final["loss"],
+        "eval_split": run.eval_name, "eval_mode": args.eval_mode, "model": args.model,
+        "init": "random_init" if args.random_init else "pretrained", "num_labels": len(run.names),
+        "num_train": run.num_train, "num_eval": len(run.eval_data), "dataset": args.dataset_name or args.data_files,
+        "data_source": run.source, "learning_rate": args.lr, "warmup_steps": args.warmup_steps,
+        "schedule": "linear warmup, poly (power 1)", "weight_decay": args.weight_decay,
+        "layer_decay": args.layer_decay, "drop_path": args.drop_path, "crop_size": args.crop_size,
+        "ratio_range": list(args.ratio_range), "hflip": args.hflip, "reduce_labels": args.reduce_labels,
+        "optimizer": "AdamW (0.9, 0.999)", "seed": args.seed, "history": history, "args": vars(args),
     }
+
+
+def _finish(args, accelerator, run: _Setup, out_dir: Path, results: dict, run_log) -> dict:
+    """The model folder, the examples picture, results.json and the summary (and the push)."""
     if accelerator.is_main_process:
-        save_pretrained_into(out_dir, unwrapped, processor)
-        write_examples_picture(unwrapped, eval_data, eval_fn, out_dir / "segmentation_examples.png", patch)
+        unwrapped = accelerator.unwrap_model(run.model)
+        save_pretrained_into(out_dir, unwrapped, run.processor)
+        write_examples_picture(unwrapped, run.eval_data, run.eval_fn, out_dir / "segmentation_examples.png",
+                               run.patch)
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         accelerator.print(f"segmentation ({results['init']}) done in {results['wall_time_s']:.0f} s: held-out mIoU "
@@ -343,4 +367,4 @@ def cli(argv=None) -> dict:
     return run_cli(main, parse_args(argv))
 
 
-__all__ = ["EMBEDDED_DEFAULTS", "PAPER_DEFAULTS", "build_parser", "cli", "main", "parse_args"]
+__all__ = ["build_parser", "cli", "main", "parse_args"]
