@@ -105,11 +105,12 @@ def test_push_to_hub_uploads_the_card_and_the_code(tmp_path):
             repo = hub.repos[("model", repo_id)]
             files = repo.commits[-1]["files"]
             assert {"README.md", "config.json", "model.safetensors", "modeling_mae.py",
-                    "configuration_mae.py", "image_processing_mae.py", "card_mae.py"} <= set(files), sorted(files)
+                    "configuration_mae.py", "image_processing_mae.py", "card_mae.py", "layers_mae.py",
+                    "classification_mae.py", "backbone_mae.py"} <= set(files), sorted(files)
             readme = files["README.md"].decode()
             assert "[More Information Needed]" not in readme and "- hf_mae" in readme
             assert f'repo_id = "{repo_id}"' in readme
-            assert json.loads(files["config.json"])["auto_map"]["AutoBackbone"] == "modeling_mae.MAEBackbone"
+            assert json.loads(files["config.json"])["auto_map"]["AutoBackbone"] == "backbone_mae.MAEBackbone"
 
 
 def test_templates_ship_in_the_wheel(tmp_path):
@@ -123,7 +124,7 @@ def test_templates_ship_in_the_wheel(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     assert (source / "hf_mae" / "model_cards").is_symlink()
     templates = sorted(p.name for p in (REPO_ROOT / "model_cards").glob("*.md"))
-    assert templates == ["encoder.md", "pretraining.md", "probe.md"]
+    assert templates == ["encoder.md", "pretraining.md", "probe.md", "segmentation.md"]
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                            "-q", "-w", str(tmp_path / "wheels")], capture_output=True, text=True,
                           timeout=subprocess_timeout(300))
@@ -133,6 +134,11 @@ def test_templates_ship_in_the_wheel(tmp_path):
         for name in templates:
             packed = archive.read(f"hf_mae/model_cards/{name}")
             assert packed == (REPO_ROOT / "model_cards" / name).read_bytes()
+        packed_names = set(archive.namelist())
+    package = REPO_ROOT / "hf_mae"
+    code = {p.relative_to(REPO_ROOT).as_posix() for p in [*(package / "models" / "mae").glob("*_mae.py"),
+                                                          *(package / "evaluation" / "metrics").glob("*.py")]}
+    assert code <= packed_names, sorted(code - packed_names)  # the remote-code unit and the metric modules
 
 
 def test_loaded_card_folder_still_loads(tmp_path):
@@ -147,6 +153,7 @@ def test_loaded_card_folder_still_loads(tmp_path):
 def test_only_the_main_process_writes_the_card(tmp_path):
     MAEModel(tiny_config()).save_pretrained(tmp_path, is_main_process=False)
     assert not (tmp_path / "README.md").exists()
+
 
 PROCESSOR_AFTER_MODEL_CHILD = textwrap.dedent("""
     import sys
