@@ -373,11 +373,13 @@ def test_a_kill_never_leaves_a_half_written_model_file(tmp_path, saved):
     result = subprocess.run([sys.executable, "-c", KILLED, str(saved / "encoder"), str(out)], capture_output=True,
                             text=True, timeout=subprocess_timeout(300), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == -9, result.stderr[-2000:]  # killed, as the test meant
-    assert sorted(p.name for p in out.iterdir()) == [".model.onnx.tmp", "hf_mae_run.json"]
+    (staging,) = [p for p in out.iterdir() if p.name != "hf_mae_run.json"]  # the export's hidden staging folder
+    assert staging.name.startswith(".export-staging-") and [p.name for p in staging.iterdir()] == [".model.onnx.tmp"]
     assert json.loads((out / "hf_mae_run.json").read_text())["status"] == "running"
     export_cli("--model", saved / "encoder", "--output", out, "--format", "onnx")  # the interrupted export, again
-    assert sorted(p.name for p in out.iterdir()) == ["export_info.json", "hf_mae_run.json", "image_processing_mae.py",
-                                                     "model.onnx", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["card_mae.py", "export_info.json", "hf_mae_run.json",
+                                                     "image_processing_mae.py", "model.onnx",
+                                                     "preprocessor_config.json"]
 
 
 def test_a_failed_export_leaves_no_partial_file(tmp_path, encoder, monkeypatch):
@@ -408,3 +410,62 @@ def test_module_cli_and_shim(tmp_path):
     assert result.returncode == 0 and "--overwrite" in result.stdout and "--output_dir" in result.stdout
     shim = (Path(__file__).resolve().parents[1] / "scripts" / "export.py").read_text()
     assert "from hf_mae.cli.export import cli" in shim and "sys.path" not in shim
+
+
+def test_an_export_failing_its_check_leaves_nothing_behind(tmp_path, encoder, monkeypatch):
+    """A parity failure after model.onnx was written and checked: no file of the export stays, not even the ones
+    that passed, and the error names the file where the user looks for it (not a staging copy)."""
+    import hf_mae.export.folder as folder_module
+
+    real_check = folder_module.check_export
+    calls = []
+
+    def failing_second_check(module, path, *args, **kwargs):
+        calls.append(Path(path).name)
+        if len(calls) == 2:  # model.onnx passed; the torch.export program is found wrong
+            raise ExportParityError(f"{path}: outputs differ from PyTorch by more than atol=0.0001")
+        return real_check(module, path, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "check_export", failing_second_check)
+    out = tmp_path / "export"
+    (out).mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportParityError) as info:
+        export_model(encoder, out, ["onnx", "export"], processor=MAEImageProcessor.for_config(tiny_config()))
+    assert calls == ["model.onnx", "model.pt2"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # hidden staging folder included
+    assert str(info.value).startswith(str(out / "model.pt2"))
+
+
+def test_tolerance_is_relative_to_each_outputs_scale():
+    """fp32 rounding follows the output's magnitude: a 1.3e-4 error on a small logit beside logits of ~20 (a probe's
+    BatchNorm on nearly constant features, measured 1.26e-4 on the quickstart's probe) passes at the defaults,
+    which an elementwise rtol never allowed; the same error on an output of scale 1 fails."""
+    from hf_mae.export.parity import max_tolerance_excess
+    from hf_mae.export.spec import DEFAULT_ATOL, DEFAULT_RTOL
+
+    reference = np.array([[20.0, 0.01, -3.0]])
+    exported = reference + np.array([[0.0, 1.3e-4, 0.0]])
+    assert max_tolerance_excess([exported], [reference], DEFAULT_ATOL, DEFAULT_RTOL) <= DEFAULT_ATOL
+    elementwise = float((np.abs(exported - reference) - DEFAULT_RTOL * np.abs(reference)).max())
+    assert elementwise > DEFAULT_ATOL  # what the check did before: the probe failed it
+    small = reference / 20
+    assert max_tolerance_excess([small + exported - reference], [small], DEFAULT_ATOL, DEFAULT_RTOL) > DEFAULT_ATOL
+
+
+def test_a_probe_with_large_logits_exports_at_the_default_tolerance(tmp_path, capsys):
+    """A linear probe whose BatchNorm divides by tiny running variances (logits in the tens): exported with the
+    CLI's defaults, checked, nothing refused."""
+    torch.manual_seed(0)
+    probe = randomized(MAEForImageClassification(tiny_config(num_labels=3)))
+    with torch.no_grad():
+        for module in probe.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_var.fill_(1e-4)
+    folder = tmp_path / "probe"
+    probe.save_pretrained(folder)
+    MAEImageProcessor.for_config(tiny_config()).save_pretrained(folder)
+    scale = float(probe(pixels(3)).logits.detach().abs().max())
+    assert scale > 10
+    info = main(parse_args(["--model", str(folder), "--output", str(tmp_path / "out")]))
+    assert info["files"]["onnx"]["check"]["rtol"] == 1e-5 and (tmp_path / "out" / "model.onnx").is_file()

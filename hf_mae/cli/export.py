@@ -24,8 +24,8 @@ model file.
 Every export is checked (unless `check=False`): the largest absolute difference to PyTorch on random images
 at batch 1 and 3 (the dynamic batch axis) and on real images through the processor (the embedded MNIST
 validation digits for 1-channel models, generated natural-looking pictures for 3 channels) must be at most
-`atol` (1e-4; plus `rtol` x |reference| when given); int8 is reported (difference, argmax agreement or feature
-cosine), not held to `atol`. The numbers go to `<output>/export_info.json`.
+`atol` (1e-4) plus `rtol` (1e-5) x the output's largest |value|; int8 is reported (difference, argmax
+agreement or feature cosine), not held to `atol`. The numbers go to `<output>/export_info.json`.
 
     python scripts/export.py --model outputs/pretrain/encoder --format onnx export torchscript
     python scripts/export.py --model outputs/probe --format onnx int8 --output outputs/export/probe
@@ -61,6 +61,7 @@ from ..export.folder import export_model
 from ..export.spec import (
     DEFAULT_ATOL,
     DEFAULT_OPSET,
+    DEFAULT_RTOL,
     FORMATS,
     ExportParityError,
     MissingExportDependency,
@@ -109,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "give the same numbers)")
     parser.add_argument("--atol", type=nonnegative_float, default=DEFAULT_ATOL,
                         help=f"largest allowed |exported - PyTorch| for the fp32 formats (default {DEFAULT_ATOL:g})")
-    parser.add_argument("--rtol", type=nonnegative_float, default=0.0,
-                        help="relative tolerance added to --atol (elementwise, as numpy.allclose; default 0), for "
-                             "models whose outputs are large enough that fp32 rounding alone nears --atol")
+    parser.add_argument("--rtol", type=nonnegative_float, default=DEFAULT_RTOL,
+                        help="tolerance added to --atol, relative to each output's largest |value| (default "
+                             f"{DEFAULT_RTOL:g}), for outputs large enough that fp32 rounding alone nears --atol "
+                             "(a probe's BatchNorm-scaled logits)")
     parser.add_argument("--num_check_images", type=positive_int, default=32,
                         help="real images in the check (MNIST validation digits for 1 channel, generated "
                              "pictures for 3; default 32)")

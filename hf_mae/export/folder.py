@@ -15,8 +15,10 @@ from torch import nn
 from ..atomic import save_pretrained_into, write_json
 from .formats import export_onnx, export_program, export_torchscript, quantize_int8
 from .parity import check_export
-from .spec import DEFAULT_ATOL, DEFAULT_OPSET, FILE_NAMES, FORMATS, INPUT_NAME, require
+from .spec import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, FILE_NAMES, FORMATS, INPUT_NAME, ExportParityError, require
 from .wrappers import ClassifierForExport, wrap_for_export, wrapped_config
+
+STAGING_PREFIX = ".export-staging-"
 
 # --------------------------------------------------------------------------------------------------------
 # One call for everything: the CLI's core
@@ -24,14 +26,15 @@ from .wrappers import ClassifierForExport, wrap_for_export, wrapped_config
 
 
 def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Sequence[str] = ("onnx",), *,
-                 processor=None, check: bool = True, atol: float | None = DEFAULT_ATOL, rtol: float = 0.0,
+                 processor=None, check: bool = True, atol: float | None = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                  opset_version: int = DEFAULT_OPSET, onnx_exporter: str = "legacy", per_channel: bool = False,
                  keep_fp32: Sequence[str] = (), num_check_images: int = 32, source: str | None = None) -> dict:
     """Export `model` (encoder or classifier) in each of `formats` into `output_dir` (file names as
     `FILE_NAMES`; int8 also writes the fp32 model.onnx it is made from), check each against PyTorch, save the
     processor's `preprocessor_config.json` and `export_info.json` (inputs, outputs, files, sizes, parity).
-    The fp32 formats must match PyTorch within `atol + rtol * |reference|` (`atol=None`: report only; int8 is
-    always report only). Returns the `export_info.json` content."""
+    The fp32 formats must match PyTorch within `atol + rtol * max|reference|` per output (`atol=None`: report
+    only; int8 is always report only). Nothing is left in `output_dir` when an export or a check fails. Returns
+    the `export_info.json` content."""
     unknown = [f for f in formats if f not in (*FORMATS, "all")]
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)} or all")
@@ -44,7 +47,9 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
     output_dir.mkdir(parents=True, exist_ok=True)
     # Everything is written and checked in a staging folder and moved into place only when every check passed:
     # an export that fails (parity, a crash, Ctrl-C) leaves none of its files behind.
-    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=output_dir))
+    for stale in output_dir.glob(f"{STAGING_PREFIX}*"):  # a killed export's: the folder is this export's own
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         info = _export_into(staging, model, formats, processor=processor, check=check, atol=atol, rtol=rtol,
                             opset_version=opset_version, onnx_exporter=onnx_exporter, per_channel=per_channel,
@@ -52,6 +57,8 @@ def export_model(model: nn.Module, output_dir: str | os.PathLike, formats: Seque
         staged = sorted(staging.iterdir(), key=lambda path: path.name == "export_info.json")  # the info last
         for path in staged:
             os.replace(path, output_dir / path.name)
+    except ExportParityError as e:  # name the file as the user will look for it, not its staging copy
+        raise ExportParityError(str(e).replace(str(staging), str(output_dir))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
