@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from huggingface_hub.repocard import metadata_load
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -50,7 +51,7 @@ SKIPPED = {
     "data/in1k-256": "needs the prepared copy of the command before it",
     "scene_parse_150": "a Hub model and dataset (no Hub access)",
     "hf auth login": "logs in to the Hub",
-    "push_to_hub.py": "pushes to the real Hub (tests/test_hub.py pushes to a loopback stand-in)",
+    "push_to_hub.py --checkpoint": "pushes to the real Hub (tests/test_hub.py pushes to a loopback stand-in)",
     "--push_space": "pushes a Space to the real Hub (tests/test_demo.py pushes to a loopback stand-in)",
     "scripts/demo.py --model outputs/pretrain": "serves until stopped (tests/test_demo.py drives it in a browser)",
     "from_transformers(\"path/or/hub-id": "needs a transformers ViTMAE checkpoint (tests/test_parity.py converts one)",
@@ -184,6 +185,10 @@ def test_readme_runs_as_written(tmp_path):
     assert ran and not failed, "\n\n".join(f"README.md line {line}: {what}\n{error}" for line, what, error in failed)
     assert (tmp_path / "outputs/pretrain/encoder/config.json").is_file()
     assert (tmp_path / "outputs/export/probe/model.onnx").is_file()
+    for kind in ("pretraining", "encoder", "probe"):  # the dry run's cards: what the Hub would index
+        meta = metadata_load(tmp_path / "outputs/push_plan" / kind / "README.md")
+        assert meta["license"] == "apache-2.0" and meta["datasets"] == ["ylecun/mnist"] and meta["model-index"]
+        assert meta.get("base_model") == ("me/mae-mnist-encoder" if kind == "probe" else None)
 
 
 if __name__ == "__main__":  # `python tests/test_readme.py`: list what the test would run and skip
