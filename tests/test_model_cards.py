@@ -186,3 +186,25 @@ def test_a_later_processor_push_keeps_the_card(tmp_path):
         assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "image-feature-extraction"
         only = hub.repos[("model", "tester/processor-only")].commits[-1]["files"]
         assert "preprocessor_config.json" in only and b"[More Information Needed]" not in only.get("README.md", b"")
+
+
+@pytest.mark.parametrize("dataset, model, datasets, base_model", [
+    (None, "me/mae-mnist", ["ylecun/mnist"], "me/mae-mnist"),  # the digit scenes: embedded MNIST digits
+    ("scene_parse_150", "/runs/pretrain", ["scene_parse_150"], None),  # a local encoder is never named
+])
+def test_segmentation_card_names_its_data_and_encoder(tmp_path, dataset, model, datasets, base_model):
+    from hf_mae.cli.segment import segmentation_card
+
+    backbone = {"hidden_size": 32, "num_hidden_layers": 2, "patch_size": 4, "out_indices": [1, 2]}
+    (tmp_path / "config.json").write_text(json.dumps({"backbone_config": backbone, "id2label": {"0": "bg", "1": "d"}}))
+    results = {"mean_iou": 12.5, "pixel_accuracy": 91.0, "eval_split": "validation", "eval_mode": "whole",
+               "model": model, "dataset": dataset, "layer_decay": 0.65, "drop_path": 0.1, "init": "pretrained",
+               "crop_size": 56, "optimizer_steps": 2, "effective_batch_size": 4, "learning_rate": 1e-4}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    segmentation_card(tmp_path, "me/digit-seg").save(tmp_path / "README.md")
+    meta = metadata_load(tmp_path / "README.md")
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-segmentation" and "hf_mae" in meta["tags"]
+    assert meta.get("datasets") == datasets and meta.get("base_model") == base_model
+    metrics = {r.metric_type: r.metric_value for r in ModelCard.load(tmp_path / "README.md").data.eval_results}
+    assert metrics == {"mean_iou": 12.5, "pixel_accuracy": 91.0}

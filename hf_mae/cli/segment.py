@@ -321,7 +321,7 @@ def segmentation_card(folder: Path, repo_id: str):
     held-out mIoU and pixel accuracy."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from ..hub.cards import TEMPLATES_DIR
+    from ..hub.cards import TEMPLATES_DIR, card_dataset_id, hub_id_or_none
 
     config = json.loads((folder / "config.json").read_text())
     results = json.loads((folder / "results.json").read_text())
@@ -332,6 +332,9 @@ def segmentation_card(folder: Path, repo_id: str):
     card_data = ModelCardData(
         license="apache-2.0", library_name="transformers", pipeline_tag="image-segmentation",
         tags=["hf_mae", "mae", "upernet", "semantic-segmentation"], model_name=repo_id.split("/")[-1],
+        # no dataset: the digit scenes, drawn from the embedded MNIST digits; the encoder's repo if from the Hub
+        datasets=[d for d in [card_dataset_id(results.get("dataset"))] if d] or None,
+        base_model=hub_id_or_none(results.get("model")),
         eval_results=[EvalResult(metric_type="mean_iou", metric_name="mIoU (%)",
                                  metric_value=round(results["mean_iou"], 4), **common),
                       EvalResult(metric_type="pixel_accuracy", metric_name="Pixel accuracy (%)",

@@ -45,8 +45,8 @@ _WHAT = {"encoder": "MAE encoder", "probe": "linear probe", "pretraining": "full
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _hub_dataset_id(name) -> str | None:
-    """`name` if it looks like a Hub dataset id (and is not a local path), else None."""
+def hub_id_or_none(name) -> str | None:
+    """`name` if it looks like a Hub repo id (and is not a local path), else None."""
     if not isinstance(name, str) or _local_path(name) or not _HUB_ID.match(name):
         return None
     return name
@@ -65,10 +65,10 @@ def _dataset_label(name) -> str | None:
     return None
 
 
-def _card_dataset_id(name, *, train_dir=None, data_files=None) -> str | None:
+def card_dataset_id(name, *, train_dir=None, data_files=None) -> str | None:
     """The Hub dataset a card's `datasets:` names: a Hub id as given, the Hub's MNIST for the embedded default, none
     for local data (never published)."""
-    if _hub_dataset_id(name):
+    if hub_id_or_none(name):
         return name
     if _dataset_label(name) or _dataset_label(train_dir) or _dataset_label(data_files):
         return None
@@ -79,16 +79,16 @@ def _card_datasets(training_args: dict, probe_results: dict) -> list[str] | None
     """The datasets of what is known about the run (its training arguments, its probe's results)."""
     found = set()
     if training_args:
-        found.add(_card_dataset_id(training_args.get("dataset_name"), train_dir=training_args.get("train_dir"),
+        found.add(card_dataset_id(training_args.get("dataset_name"), train_dir=training_args.get("train_dir"),
                                    data_files=training_args.get("data_files")))
     if probe_results:
-        found.add(_card_dataset_id(probe_results.get("dataset")))
+        found.add(card_dataset_id(probe_results.get("dataset")))
     return sorted(d for d in found if d) or None
 
 
 def _dataset_text(name, *, train_dir=None, data_files=None) -> str:
     """Markdown naming a run's data: a Hub link, a local source, or hf_mae's embedded default."""
-    if _hub_dataset_id(name):
+    if hub_id_or_none(name):
         return f"[{name}](/datasets/{name})"
     label = _dataset_label(name) or _dataset_label(train_dir) or _dataset_label(data_files)
     return f"a local dataset (`{label}`)" if label else EMBEDDED_DATA
@@ -155,7 +155,7 @@ def _eval_results(probe_results: dict) -> list[EvalResult]:
     if probe_results.get("top1") is None:
         return []
     dataset = probe_results.get("dataset")
-    hub_id = _hub_dataset_id(dataset)
+    hub_id = hub_id_or_none(dataset)
     if hub_id:
         dataset_type, dataset_name = hub_id, hub_id
     elif _dataset_label(dataset) is None:
