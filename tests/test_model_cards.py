@@ -208,3 +208,13 @@ def test_segmentation_card_names_its_data_and_encoder(tmp_path, dataset, model, 
     assert meta.get("datasets") == datasets and meta.get("base_model") == base_model
     metrics = {r.metric_type: r.metric_value for r in ModelCard.load(tmp_path / "README.md").data.eval_results}
     assert metrics == {"mean_iou": 12.5, "pixel_accuracy": 91.0}
+
+
+def test_the_demo_space_card_names_its_models_and_data(tmp_path):
+    pytest.importorskip("gradio", reason="the demo extra (pip install -e '.[demo]') builds the Space's README")
+    from hf_mae.hub.space import build_space_folder
+
+    build_space_folder(tmp_path / "space", model_repo="me/mae-mnist", classifier_repo="me/mae-mnist-probe")
+    meta = metadata_load(tmp_path / "space" / "README.md")
+    assert meta["license"] == "apache-2.0" and meta["models"] == ["me/mae-mnist", "me/mae-mnist-probe"]
+    assert meta["datasets"] == ["ylecun/mnist"] and "hf_mae" in meta["tags"]  # the held-out digits it offers

@@ -49,6 +49,8 @@ pinned: false
 license: apache-2.0
 models:
 {models}
+datasets:
+- ylecun/mnist
 tags:
 - hf_mae
 - masked-autoencoder
