@@ -17,17 +17,6 @@ import torch
 from PIL import Image, ImageOps
 
 from ..models.mae.image_processing_mae import convert_image_mode
-
-try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BENCHMARKS.md), the same pixels
-    import simplejpeg
-except ImportError:  # PIL decodes everything then
-    simplejpeg = None
-try:  # the training crop's resize: about twice as fast as PIL's (BENCHMARKS.md), output compared in the tests
-    import cv2
-
-    cv2.setNumThreads(1)  # one DataLoader worker, one core: OpenCV's own threads would only compete with the others
-except ImportError:  # PIL resizes then
-    cv2 = None
 from .transforms import _target_mode
 
 logger = logging.getLogger(__name__)

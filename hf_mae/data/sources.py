@@ -19,16 +19,6 @@ from PIL import Image
 from ..atomic import replace_folder
 from .labels import encode_labels
 
-try:  # libjpeg-turbo without PIL's overhead: faster than PIL's JPEG decode (BENCHMARKS.md), the same pixels
-    import simplejpeg
-except ImportError:  # PIL decodes everything then
-    simplejpeg = None
-try:  # the training crop's resize: about twice as fast as PIL's (BENCHMARKS.md), output compared in the tests
-    import cv2
-
-    cv2.setNumThreads(1)  # one DataLoader worker, one core: OpenCV's own threads would only compete with the others
-except ImportError:  # PIL resizes then
-    cv2 = None
 logger = logging.getLogger(__name__)
 
 
