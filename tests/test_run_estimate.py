@@ -8,7 +8,9 @@ from hf_mae.training.run import ESTIMATE_AFTER_WINDOWS, RunLog, print_banner
 
 
 def _accelerator(printed: list):
-    return SimpleNamespace(is_main_process=True, log=lambda *a, **k: None, print=printed.append)
+    """What RunLog and print_banner read of an Accelerator: one process, no distribution."""
+    return SimpleNamespace(is_main_process=True, log=lambda *a, **k: None, print=printed.append,
+                           distributed_type="DistributedType.NO", num_processes=1, process_index=0)
 
 
 def test_estimate_printed_once_after_the_warm_up(tmp_path, capsys):
