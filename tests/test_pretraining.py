@@ -279,3 +279,20 @@ def test_embedded_recipe_model_fields_belong_to_the_preset(tmp_path):
     named = parse_args(["--dataset_name", "some/dataset"])
     assert named.mask_ratio is None and named.norm_pix_loss is None  # the preset's own 0.75 and norm-pix
     assert named.crop_min_scale == 0.2
+
+
+def test_saved_cards_name_the_training_data(data_root, tmp_path):
+    """The short cards of the saved model and encoder carry `datasets:`: the Hub's MNIST for the embedded digits
+    (what the Hub links a card to), nothing for local image folders (never published)."""
+    from huggingface_hub.repocard import metadata_load
+
+    embedded = tmp_path / "embedded"
+    main(parse_args(["--model_config", str(data_root / "tiny.json"), "--output_dir", str(embedded),
+                     "--max_train_steps", "1", "--monitor_every", "-1", "--num_workers", "0",
+                     "--mixed_precision", "no"]))
+    for folder in (embedded, embedded / "encoder"):
+        card = metadata_load(folder / "README.md")
+        assert card["datasets"] == ["ylecun/mnist"] and card["license"] == "apache-2.0", folder
+    local = tmp_path / "local"
+    run(data_root, local, "--train_dir", str(data_root / "folder" / "train"), "--epochs", "1", "--monitor_every", "-1")
+    assert "datasets" not in metadata_load(local / "README.md")

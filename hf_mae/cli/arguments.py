@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 from ..data.sources import DatasetLoadError, load_image_datasets
@@ -157,6 +158,24 @@ def recipe_settings(args: argparse.Namespace) -> dict:
     """The flags that change the result (every flag but NOT_RECIPE): what a checkpoint records about its run."""
     return {name: value for name, value in vars(args).items() if name not in NOT_RECIPE
             and (value is None or isinstance(value, (int, float, str, bool, list, tuple)))}
+
+
+def card_datasets(args: argparse.Namespace) -> list[str] | None:
+    """The `datasets:` a saved model's card names: the training data's Hub id, or the Hub's MNIST for the embedded
+    default digits; none for local data."""
+    from ..hub.cards import card_dataset_id
+
+    found = card_dataset_id(getattr(args, "dataset_name", None), train_dir=getattr(args, "train_dir", None),
+                            data_files=getattr(args, "data_files", None))
+    return [found] if found else None
+
+
+def write_cards(args: argparse.Namespace, *saved: tuple[object, Path]) -> None:
+    """Each saved (model, folder)'s short card, naming the training data (`card_datasets`)."""
+    from ..models.mae.card_mae import write_model_card
+
+    for model, folder in saved:
+        write_model_card(model, folder, datasets=card_datasets(args))
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

@@ -58,6 +58,7 @@ from .arguments import (
     run_config,
     scale_fraction,
     unit_fraction,
+    write_cards,
 )
 
 
@@ -248,6 +249,7 @@ def finish(args, accelerator, model, processor, results: dict, best: dict, out_d
     full = FullModel(model).get(build=accelerator.is_main_process)
     if accelerator.is_main_process:
         save_pretrained_into(out_dir, full, processor)
+        write_cards(args, (full, out_dir))
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, args, results, best, out_dir)

@@ -65,6 +65,7 @@ from .arguments import (
     run_cli,
     run_config,
     split_features,
+    write_cards,
 )
 
 
@@ -240,6 +241,7 @@ def finish(args, accelerator, model, processor, results: dict, timings: dict, ou
     """Save the probe, write results.json, print the summary, push when asked."""
     if accelerator.is_main_process and not args.raw_pixels:
         save_pretrained_into(out_dir, model, processor)
+        write_cards(args, (model, out_dir))
     finish_run(accelerator, out_dir, results, run_log)
     if not accelerator.is_main_process:
         return

@@ -58,6 +58,7 @@ from .arguments import (
     recipe_of,
     run_cli,
     run_config,
+    write_cards,
 )
 
 # Belong to the preset: a --model_config or --init_from model keeps its own (RECIPE_DEFAULTS has the rest).
@@ -267,6 +268,7 @@ def finish(args, accelerator, model, processor, monitor: Monitor, out_dir: Path,
     full = FullModel(model).get(build=accelerator.is_main_process)  # every process: gathered when sharded
     if accelerator.is_main_process:
         save_outputs(full, processor, monitor, out_dir)
+        write_cards(args, (full, out_dir), (full.encoder, out_dir / "encoder"))
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         print_summary(accelerator, results, out_dir)
