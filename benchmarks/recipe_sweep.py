@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from hf_mae import MAEModel
-from hf_mae.cli.arguments import RECIPE_DEFAULTS
+from hf_mae.cli.recipes import RECIPE_DEFAULTS
 from hf_mae.data.sources import load_image_datasets
 from hf_mae.evaluation.features import Features, eval_dataloader, extract_pooled_features
 from hf_mae.evaluation.probe import fit_and_score_probe

@@ -44,10 +44,8 @@ from .arguments import (
     add_attn_implementation_argument,
     add_data_arguments,
     add_model_arguments,
-    add_recipe_arguments,
     add_run_arguments,
     add_sample_arguments,
-    apply_defaults,
     dataloader_workers,
     dataset_name,
     loop_config,
@@ -60,6 +58,7 @@ from .arguments import (
     unit_fraction,
     write_cards,
 )
+from .recipes import add_recipe_arguments, apply_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:

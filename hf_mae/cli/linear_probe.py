@@ -52,10 +52,8 @@ from .arguments import (
     add_data_arguments,
     add_model_arguments,
     add_push_arguments,
-    add_recipe_arguments,
     add_run_arguments,
     add_sample_arguments,
-    apply_defaults,
     check_push_arguments,
     dataloader_workers,
     dataset_name,
@@ -67,6 +65,7 @@ from .arguments import (
     split_features,
     write_cards,
 )
+from .recipes import add_recipe_arguments, apply_defaults
 
 
 def _weights_digest(module: nn.Module) -> str:

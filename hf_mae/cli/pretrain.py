@@ -40,14 +40,11 @@ from ..training.optim import build_adamw, param_groups_weight_decay, scaled_lr
 from ..training.run import finish_run, print_banner, start_run
 from ..visualization import loss_curve
 from .arguments import (
-    RECIPE_DEFAULTS,
     add_attn_implementation_argument,
     add_data_arguments,
     add_eval_batch_size_argument,
     add_push_arguments,
-    add_recipe_arguments,
     add_run_arguments,
-    apply_defaults,
     check_push_arguments,
     dataloader_workers,
     load_datasets_from_args,
@@ -55,11 +52,11 @@ from .arguments import (
     nonnegative_int,
     open_fraction,
     positive_int,
-    recipe_of,
     run_cli,
     run_config,
     write_cards,
 )
+from .recipes import RECIPE_DEFAULTS, add_recipe_arguments, apply_defaults, recipe_of
 
 # Belong to the preset: a --model_config or --init_from model keeps its own (RECIPE_DEFAULTS has the rest).
 _ARCHITECTURE_DEFAULTS = ("preset", "mask_ratio", "norm_pix_loss")

@@ -58,9 +58,7 @@ from .arguments import (
     add_eval_batch_size_argument,
     add_model_argument,
     add_push_arguments,
-    add_recipe_arguments,
     add_run_arguments,
-    apply_defaults,
     check_push_arguments,
     dataloader_workers,
     loop_config,
@@ -71,6 +69,7 @@ from .arguments import (
     run_config,
     scale_fraction,
 )
+from .recipes import add_recipe_arguments, apply_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
