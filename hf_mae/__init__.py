@@ -16,6 +16,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    UperNetConfig,
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
@@ -24,6 +25,7 @@ from .models.mae.classification_mae import MAEForImageClassification
 from .models.mae.configuration_mae import PRESETS, MAEConfig
 from .models.mae.image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
 from .models.mae.modeling_mae import MAEForPreTraining, MAEModel, MAEPreTrainedModel
+from .models.mae.segmentation_mae import MAEForSemanticSegmentation, MAEUperNetConfig
 
 AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
 AutoModel.register(MAEConfig, MAEModel, exist_ok=True)
@@ -34,6 +36,9 @@ AutoBackbone.register(MAEConfig, MAEBackbone, exist_ok=True)
 # nothing registered locally, asks whether to run that (non-existent) remote code: a y/N prompt and a 15 s
 # stall in a terminal. Registering "no video processor" for MAEConfig makes it fail fast instead.
 AutoVideoProcessor.register(MAEConfig, video_processor_classes={}, exist_ok=True)
+# The same for UperNet (hf_mae's segmenters load as UperNetConfig, their processor auto_map names MAEImageProcessor);
+# transformers has no UperNet video processor, so nothing else changes.
+AutoVideoProcessor.register(UperNetConfig, video_processor_classes={}, exist_ok=True)
 # "torchvision" is transformers' name for the torch backend (use_fast=True); ours needs torch only
 AutoImageProcessor.register(MAEConfig, image_processor_classes={"pil": MAEImageProcessor,
                                                                 "torchvision": MAEImageProcessorFast}, exist_ok=True)
@@ -68,4 +73,5 @@ if not getattr(AutoBackbone.from_pretrained, "_hf_mae", False):
 
 __version__ = "0.1.0"
 __all__ = ["MAEConfig", "PRESETS", "MAEModel", "MAEForPreTraining", "MAEForImageClassification", "MAEBackbone",
-           "MAEPreTrainedModel", "MAEImageProcessor", "MAEImageProcessorFast"]
+           "MAEPreTrainedModel", "MAEImageProcessor", "MAEImageProcessorFast", "MAEForSemanticSegmentation",
+           "MAEUperNetConfig"]

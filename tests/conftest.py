@@ -143,3 +143,28 @@ def pytest_configure(config):
     # marks that transformers' common test mixins (run by tests/test_transformers_common.py) put on their tests
     for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' common test mixins")
+
+
+FAKE_HUB_TOKEN = "hf_TESTtokenNeverLeak0123456789abcdef"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A fake Hub on 127.0.0.1 (tests/hub_server.FakeHub), HF_ENDPOINT pointing at it, FAKE_HUB_TOKEN in HF_TOKEN, no
+    saved login, online mode for this test only."""
+    from hub_server import FakeHub
+    from huggingface_hub import close_session, constants
+
+    server = FakeHub(FAKE_HUB_TOKEN).start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a CI proxy must not see the fake hub's traffic
+    close_session()  # the client's HTTP session reads proxy settings when it is created
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", FAKE_HUB_TOKEN)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # offline mode stays for everything else
+    yield server
+    close_session()
+    server.stop()
+    assert server.unexpected == [], f"requests the fake hub does not know: {server.unexpected}"

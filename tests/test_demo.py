@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hub_server import FakeHub
+from conftest import FAKE_HUB_TOKEN
 from PIL import Image
 
 from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEImageProcessor, MAEModel
@@ -33,7 +33,7 @@ from hf_mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEI
 gradio = pytest.importorskip("gradio", reason='the demo extra is not installed (pip install -e ".[demo]")')
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "hf_TESTtokenNeverLeak0123456789abcdef"
+TOKEN = FAKE_HUB_TOKEN  # the `hub` fixture's (conftest)
 DIGIT_CONFIG = dict(image_size=28, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                     num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
                     decoder_num_attention_heads=2, mask_ratio=0.75)
@@ -240,24 +240,6 @@ def test_errors_name_the_problem(folders, digit):
 # ----------------------------------------------------------------------------------------------------------
 # (3) the Space
 # ----------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The loopback Hub stand-in, HF_ENDPOINT pointing at it, a token, online mode for this test only."""
-    from huggingface_hub import close_session, constants
-
-    server = FakeHub(TOKEN).start()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_session()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield server
-    close_session()
-    server.stop()
-    assert server.unexpected == [], f"requests the fake hub does not know: {server.unexpected}"
-
-
 @pytest.mark.slow  # a served app or a fresh interpreter importing gradio
 def test_push_space_uploads_a_runnable_app(hub, folders, tmp_path):
     from huggingface_hub import metadata_load

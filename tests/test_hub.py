@@ -31,8 +31,8 @@ from types import SimpleNamespace
 import huggingface_hub.utils._http as hf_http
 import pytest
 import torch
-from conftest import subprocess_timeout, tiny_config
-from hub_server import FakeHub, SilentServer
+from conftest import FAKE_HUB_TOKEN, subprocess_timeout, tiny_config
+from hub_server import SilentServer
 from huggingface_hub import ModelCard, close_session, constants
 from PIL import Image
 from transformers import AutoImageProcessor
@@ -45,7 +45,7 @@ from hf_mae.hub.push import HubPushError, push_pretraining_outputs, push_probe, 
 from hf_mae.models.mae.modeling_mae import AUTO_MAP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "hf_TESTtokenNeverLeak0123456789abcdef"
+TOKEN = FAKE_HUB_TOKEN  # the `hub` fixture's (conftest)
 CODE = {"configuration_mae.py", "modeling_mae.py", "image_processing_mae.py", "card_mae.py", "layers_mae.py",
         "classification_mae.py", "backbone_mae.py"}
 MODEL = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
@@ -392,24 +392,6 @@ def test_vit_export_of_a_finetuned_cls_classifier(runs):
 # ----------------------------------------------------------------------------------------------------------
 # (2) the upload: contract tests against a local fake Hub
 # ----------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A fake Hub on 127.0.0.1, HF_ENDPOINT pointing at it, a token in HF_TOKEN, no saved login."""
-    server = FakeHub(TOKEN).start()
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a CI proxy must not see the fake hub's traffic
-    close_session()  # the client's HTTP session reads proxy settings when it is created
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest sets offline mode for everything else
-    yield server
-    close_session()
-    server.stop()
-    assert server.unexpected == [], f"requests the fake hub does not know: {server.unexpected}"
-
-
 @pytest.fixture
 def no_backoff_sleep(monkeypatch):
     """The client retries dropped connections with 1-8 s sleeps, and hf_mae retries a failed push 2, 4 s later;

@@ -193,7 +193,7 @@ def test_a_later_processor_push_keeps_the_card(tmp_path):
     ("scene_parse_150", "/runs/pretrain", ["scene_parse_150"], None),  # a local encoder is never named
 ])
 def test_segmentation_card_names_its_data_and_encoder(tmp_path, dataset, model, datasets, base_model):
-    from hf_mae.cli.segment import segmentation_card
+    from hf_mae.hub.cards import segmentation_card
 
     backbone = {"hidden_size": 32, "num_hidden_layers": 2, "patch_size": 4, "out_indices": [1, 2]}
     (tmp_path / "config.json").write_text(json.dumps({"backbone_config": backbone, "id2label": {"0": "bg", "1": "d"}}))

@@ -196,10 +196,11 @@ def test_results_json_holds_the_contract_keys(tiny_run):
     assert (root / "out" / "segmentation_examples.png").is_file()
 
 
-def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run):
+def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run, capfd):
     from transformers import AutoModelForSemanticSegmentation, pipeline
 
     root, _, _ = tiny_run
+    capfd.readouterr()
     model = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
     assert type(model).__name__ == "UperNetForSemanticSegmentation"
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8))
@@ -209,6 +210,54 @@ def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run):
     assert {m["label"] for m in masks} <= set(model.config.id2label.values())
     total = sum(np.asarray(m["mask"]) > 0 for m in masks)
     assert (total == 1).all()  # per-class masks cover every pixel exactly once
+    assert "custom code" not in capfd.readouterr().out  # hf_mae installed: no remote-code question
+
+
+REMOTE_CHILD = """
+import json, sys
+sys.modules["hf_mae"] = None  # any `import hf_mae` now fails
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+folder, pixels = sys.argv[1], torch.load(sys.argv[2])
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(pixel_values=pixels).logits
+image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8))
+masks = pipeline("image-segmentation", model=folder, trust_remote_code=True)(image)
+print("RESULT", json.dumps({"config": type(config).__name__, "model": type(model).__name__,
+                            "backbone": type(model.backbone).__name__, "processor": type(processor).__name__,
+                            "logits": logits.sum().item(), "labels": sorted(m["label"] for m in masks),
+                            "hf_mae_modules": sorted(m for m in sys.modules if m.startswith("hf_mae."))}))
+"""
+
+
+@pytest.mark.slow
+def test_output_folder_loads_without_hf_mae(tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import subprocess_timeout
+    from transformers import AutoModelForSemanticSegmentation
+
+    root, _, _ = tiny_run
+    pixels = torch.randn(2, 1, 32, 32)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", REMOTE_CHILD, str(root / "out"), str(tmp_path / "pixels.pt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=subprocess_timeout(300))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["config"] == "MAEUperNetConfig" and result["model"] == "MAEForSemanticSegmentation"
+    assert result["backbone"] == "MAEBackbone" and result["processor"] == "MAEImageProcessor"
+    assert result["hf_mae_modules"] == []
+    local = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
+    with torch.no_grad():
+        assert abs(result["logits"] - local(pixel_values=pixels).logits.sum().item()) < 1e-3
+    assert result["labels"] and set(result["labels"]) <= set(local.config.id2label.values())
 
 
 def test_saved_model_predicts_like_the_trained_one(tiny_run):
@@ -249,10 +298,41 @@ def test_resume_continues_exactly(tiny_run):
 
 
 def test_card_carries_the_miou_in_its_model_index(tiny_run):
-    from hf_mae.cli.segment import segmentation_card
+    from hf_mae.hub.cards import segmentation_card
 
     root, _, results = tiny_run
     card = segmentation_card(root / "out", "me/digit-seg")
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert metrics["mean_iou"] == pytest.approx(results["mean_iou"], abs=1e-3)
     assert "image-segmentation" in str(card) and "UperNet" in str(card)
+
+
+def test_push_to_hub_cli_pushes_the_segmenter_with_its_card(tiny_run, hub, capsys):
+    from huggingface_hub import ModelCard
+
+    from hf_mae.cli.push_to_hub import cli
+    from hf_mae.models.mae.modeling_mae import CODE_FILES
+    from hf_mae.models.mae.segmentation_mae import SEGMENTATION_AUTO_MAP
+
+    root, _, results = tiny_run
+    assert cli(["--segmentation", str(root / "out"), "--segmentation_repo", "me/digit-seg"]) == 0
+    files = hub.files("me/digit-seg")
+    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", "results.json",
+                 "segmentation_examples.png", *CODE_FILES):
+        assert name in files, name
+    assert json.loads(files["config.json"])["auto_map"] == SEGMENTATION_AUTO_MAP
+    (root / "pushed_card.md").write_bytes(files["README.md"])
+    card = ModelCard.load(root / "pushed_card.md")
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["mean_iou"] == pytest.approx(results["mean_iou"], abs=1e-3)
+    assert "pushed me/digit-seg" in capsys.readouterr().out
+
+
+def test_push_to_hub_cli_refuses_a_folder_that_is_not_a_segmenter(tiny_run, capsys):
+    from hf_mae.cli.push_to_hub import cli
+
+    root, _, _ = tiny_run
+    code = cli(["--segmentation", str(root / "pretrain"), "--segmentation_repo", "me/x", "--dry_run",
+                str(root / "plan")])
+    assert code == 2
+    assert "not an hf_mae segmentation model" in capsys.readouterr().err

@@ -30,6 +30,9 @@ CLI_EXAMPLES = r"""examples:
   python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc-vit --format vit \
       --private --revision v1
 
+  # a segmentation model (scripts/segment.py output: UperNet on the MAE encoder, its card carries the mIoU)
+  python scripts/push_to_hub.py --segmentation outputs/segment --segmentation_repo me/mae-digit-scenes-upernet
+
   # build the folders and show what would be pushed, without pushing (no token needed)
   python scripts/push_to_hub.py --checkpoint outputs/pretrain --encoder_repo me/mae-enc --dry_run /tmp/plan
 
@@ -43,7 +46,8 @@ failure the message says what happened and prints the command that retries the p
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Push hf_mae models (encoder, linear probe, full pretraining model) to the Hugging Face "
+        description="Push hf_mae models (encoder, linear probe, full pretraining model, segmentation model) to the "
+                    "Hugging Face "
                     "Hub, each as one commit with a rendered model card. The token comes from HF_TOKEN or "
                     "`hf auth login` (never printed); the Hub address from HF_ENDPOINT.",
         epilog=CLI_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe_repo", default=None,
                         help="repo id for the linear probe (AutoModelForImageClassification); needs "
                              "--probe")
+    parser.add_argument("--segmentation", type=Path, default=None,
+                        help="a scripts/segment.py output folder (UperNet on the MAE encoder + processor + "
+                             "results.json); needs --segmentation_repo")
+    parser.add_argument("--segmentation_repo", default=None,
+                        help="repo id for the segmentation model (AutoModelForSemanticSegmentation); needs "
+                             "--segmentation")
     parser.add_argument("--format", choices=UPLOAD_FORMATS, default="hf_mae",
                         help="hf_mae: hf_mae classes with their code (trust_remote_code=True, hf_mae not "
                              "needed); vit: stock transformers ViTModel / ViTForImageClassification "
@@ -93,12 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.encoder_repo or args.pretrain_repo or args.probe_repo):
-        parser.error("nothing to push: give --encoder_repo, --pretrain_repo and/or --probe_repo")
+    if not (args.encoder_repo or args.pretrain_repo or args.probe_repo or args.segmentation_repo):
+        parser.error("nothing to push: give --encoder_repo, --pretrain_repo, --probe_repo and/or --segmentation_repo")
     if (args.encoder_repo or args.pretrain_repo) and args.checkpoint is None:
         parser.error("--encoder_repo and --pretrain_repo need --checkpoint")
     if (args.probe is None) != (args.probe_repo is None):
         parser.error("--probe and --probe_repo go together")
+    if (args.segmentation is None) != (args.segmentation_repo is None):
+        parser.error("--segmentation and --segmentation_repo go together")
     for flag, env in (("--timeout", TIMEOUT_ENV), ("--attempts", ATTEMPTS_ENV)):
         if getattr(args, flag[2:]) is None and os.environ.get(env):
             try:
@@ -113,7 +125,9 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         pushed = push_to_hub(checkpoint=args.checkpoint, probe=args.probe, encoder_repo=args.encoder_repo,
-                             probe_repo=args.probe_repo, pretrain_repo=args.pretrain_repo, format=args.format,
+                             probe_repo=args.probe_repo, pretrain_repo=args.pretrain_repo,
+                             segmentation=args.segmentation, segmentation_repo=args.segmentation_repo,
+                             format=args.format,
                              private=args.private, revision=args.revision, commit_message=args.commit_message,
                              dry_run_dir=args.dry_run, timeout=args.timeout, attempts=args.attempts)
     except HubPushError as err:

@@ -23,9 +23,6 @@ prediction for a few held-out images. `--random_init` trains the same architectu
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,58 +308,11 @@ def _finish(args, accelerator, run: _Setup, out_dir: Path, results: dict, run_lo
                           f"{results['mean_iou']:.2f}, pixel accuracy {results['pixel_accuracy']:.2f}%\n"
                           f"  model:   {out_dir}\n  results: {out_dir / 'results.json'}")
         if args.push_to_hub:
-            accelerator.print(f"  pushed:  {push_segmenter(out_dir, args.hub_model_id, private=args.hub_private)}")
+            from ..hub.push import push_to_hub
+
+            pushed = push_to_hub(segmentation=out_dir, segmentation_repo=args.hub_model_id, private=args.hub_private)
+            accelerator.print(f"  pushed:  {pushed[args.hub_model_id]}")
     return results
-
-
-def segmentation_card(folder: Path, repo_id: str):
-    """The model card of a segmentation output folder: `model_cards/segmentation.md` with a model-index of its
-    held-out mIoU and pixel accuracy."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from ..hub.cards import TEMPLATES_DIR, card_dataset_id, hub_id_or_none
-
-    config = json.loads((folder / "config.json").read_text())
-    results = json.loads((folder / "results.json").read_text())
-    common = dict(task_type="image-segmentation", task_name="Semantic Segmentation",
-                  dataset_type=results.get("dataset") or "digit-scenes",
-                  dataset_name=results.get("dataset") or "hf_mae digit scenes (MNIST digits on 56x56 canvases)",
-                  dataset_split=results.get("eval_split"))
-    card_data = ModelCardData(
-        license="apache-2.0", library_name="transformers", pipeline_tag="image-segmentation",
-        tags=["hf_mae", "mae", "upernet", "semantic-segmentation"], model_name=repo_id.split("/")[-1],
-        # no dataset: the digit scenes, drawn from the embedded MNIST digits; the encoder's repo if from the Hub
-        datasets=[d for d in [card_dataset_id(results.get("dataset"))] if d] or None,
-        base_model=hub_id_or_none(results.get("model")),
-        eval_results=[EvalResult(metric_type="mean_iou", metric_name="mIoU (%)",
-                                 metric_value=round(results["mean_iou"], 4), **common),
-                      EvalResult(metric_type="pixel_accuracy", metric_name="Pixel accuracy (%)",
-                                 metric_value=round(results["pixel_accuracy"], 4), **common)])
-    backbone = config["backbone_config"]
-    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    return ModelCard.from_template(card_data, template_path=str(TEMPLATES_DIR / "segmentation.md"), repo_id=repo_id,
-                                   results=results, backbone=backbone, labels=labels,
-                                   out_indices="/".join(map(str, backbone.get("out_indices", []))))
-
-
-def push_segmenter(folder: Path, repo_id: str, *, private: bool = False) -> str:
-    """Push the model, processor, results and picture of a segmentation output folder with its card."""
-    from huggingface_hub import HfApi
-
-    from ..hub.folders import Upload
-    from ..hub.push import push_folder
-
-    with tempfile.TemporaryDirectory() as staging:
-        for name in PUSHED_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, Path(staging) / name)
-        segmentation_card(folder, repo_id).save(Path(staging) / "README.md")
-        upload = Upload("segmentation", repo_id, Path(staging), "Upload UperNet segmentation model (hf_mae)")
-        return push_folder(upload, api=HfApi(), private=private)
-
-
-PUSHED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "image_processing_mae.py",
-                "results.json", "segmentation_examples.png", "training_args.json")
 
 
 def cli(argv=None) -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..models.mae.backbone_mae import MAEBackbone
 from ..models.mae.image_processing_mae import MAEImageProcessor
+from ..models.mae.segmentation_mae import MAEForSemanticSegmentation, MAEUperNetConfig
 from ..training.optim import param_groups_layer_decay, param_groups_weight_decay
 from .classifier import quiet_transformers, read_mae_config
 from .metrics.mean_iou import scores_from_confusion
@@ -111,8 +112,6 @@ def build_segmenter(name_or_path: str, class_names: list[str], *, random_init: b
     """UperNet (auxiliary FCN head optional) on the 4x/2x/1x/0.5x pyramid of the MAE encoder in any hf_mae
     encoder, pretraining or classifier folder; `random_init` leaves the encoder untrained. Returns (model,
     note)."""
-    from transformers import UperNetConfig, UperNetForSemanticSegmentation
-
     mae_config = read_mae_config(name_or_path)
     out_indices = list(out_indices or default_out_indices(mae_config.num_hidden_layers))
     overrides = {"out_indices": out_indices, "add_fpn": True, "drop_path_rate": drop_path_rate}
@@ -132,11 +131,11 @@ def build_segmenter(name_or_path: str, class_names: list[str], *, random_init: b
         backbone_config.architectures = ["MAEBackbone"]
     if attn_implementation:
         backbone_config._attn_implementation = attn_implementation
-    config = UperNetConfig(backbone_config=backbone_config, num_labels=len(class_names), hidden_size=head_hidden_size,
-                           auxiliary_channels=head_hidden_size, use_auxiliary_head=auxiliary_head,
-                           id2label=dict(enumerate(class_names)),
-                           label2id={name: i for i, name in enumerate(class_names)}, loss_ignore_index=255)
-    model = UperNetForSemanticSegmentation(config)
+    config = MAEUperNetConfig(backbone_config=backbone_config, num_labels=len(class_names),
+                              hidden_size=head_hidden_size, auxiliary_channels=head_hidden_size,
+                              use_auxiliary_head=auxiliary_head, id2label=dict(enumerate(class_names)),
+                              label2id={name: i for i, name in enumerate(class_names)}, loss_ignore_index=255)
+    model = MAEForSemanticSegmentation(config)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
     blocks = ", ".join(map(str, out_indices))

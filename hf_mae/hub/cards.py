@@ -7,7 +7,7 @@ import logging
 import re
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ..models.mae.card_mae import card_metadata, pipeline_tag_of
@@ -15,13 +15,14 @@ from ..models.mae.card_mae import card_metadata, pipeline_tag_of
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGES = {"encoder": "Upload MAE encoder", "probe": "Upload MAE linear probe",
-                           "pretraining": "Upload MAE pretraining model (encoder + decoder)"}
+                           "pretraining": "Upload MAE pretraining model (encoder + decoder)",
+                           "segmentation": "Upload UperNet segmentation model (hf_mae)"}
 
-KINDS = ("pretraining", "encoder", "probe")  # push order
+KINDS = ("pretraining", "encoder", "probe", "segmentation")  # push order
 _PRETRAINING_EXTRAS = ("training_args.json", "results.json", "log.jsonl")  # plus the PNG figures at the root
 
 PIPELINE_TAGS = {"encoder": pipeline_tag_of("MAEModel"), "pretraining": pipeline_tag_of("MAEForPreTraining"),
-                 "probe": pipeline_tag_of("MAEForImageClassification")}
+                 "probe": pipeline_tag_of("MAEForImageClassification"), "segmentation": "image-segmentation"}
 
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"  # shipped as package data
@@ -36,7 +37,8 @@ EMBEDDED_DATA = ("the embedded default data: the 5,000 MNIST digits bundled with
 EMBEDDED_DATA_HUB_ID = "ylecun/mnist"
 
 
-_WHAT = {"encoder": "MAE encoder", "probe": "linear probe", "pretraining": "full pretraining model"}
+_WHAT = {"encoder": "MAE encoder", "probe": "linear probe", "pretraining": "full pretraining model",
+         "segmentation": "segmentation model"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,6 +206,8 @@ def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae"
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "segmentation":  # its own results.json and config say everything the card shows
+        return segmentation_card(folder, repo_id)
     template = TEMPLATES_DIR / f"{kind}.md"
     if not template.is_file():
         raise FileNotFoundError(f"model card template {template} not found: the hf_mae installation is "
@@ -246,6 +250,33 @@ def render_model_card(kind: str, folder, *, repo_id: str, format: str = "hf_mae"
         figures=sorted(p.name for p in folder.glob("*.png")),
         run_files=[name for name in _PRETRAINING_EXTRAS if (folder / name).is_file()],
     )
+
+
+def segmentation_card(folder: Path, repo_id: str):
+    """The model card of a segmentation output folder: `model_cards/segmentation.md` with a model-index of its
+    held-out mIoU and pixel accuracy."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    results = json.loads((folder / "results.json").read_text())
+    common = dict(task_type="image-segmentation", task_name="Semantic Segmentation",
+                  dataset_type=results.get("dataset") or "digit-scenes",
+                  dataset_name=results.get("dataset") or "hf_mae digit scenes (MNIST digits on 56x56 canvases)",
+                  dataset_split=results.get("eval_split"))
+    card_data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="image-segmentation",
+        tags=["hf_mae", "mae", "upernet", "semantic-segmentation", "custom_code"], model_name=repo_id.split("/")[-1],
+        # no dataset: the digit scenes, drawn from the embedded MNIST digits; the encoder's repo if from the Hub
+        datasets=[d for d in [card_dataset_id(results.get("dataset"))] if d] or None,
+        base_model=hub_id_or_none(results.get("model")),
+        eval_results=[EvalResult(metric_type="mean_iou", metric_name="mIoU (%)",
+                                 metric_value=round(results["mean_iou"], 4), **common),
+                      EvalResult(metric_type="pixel_accuracy", metric_name="Pixel accuracy (%)",
+                                 metric_value=round(results["pixel_accuracy"], 4), **common)])
+    backbone = config["backbone_config"]
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    return ModelCard.from_template(card_data, template_path=str(TEMPLATES_DIR / "segmentation.md"), repo_id=repo_id,
+                                   results=results, backbone=backbone, labels=labels,
+                                   out_indices="/".join(map(str, backbone.get("out_indices", []))))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Upload folders: what each Hub repo holds (encoder, probe, full pretraining model)."""
+"""Upload folders: what each Hub repo holds (encoder, probe, full pretraining model, segmentation model)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor, check_processor_matches
 from ..models.mae.modeling_mae import AUTO_MAP, CODE_FILES, MAEForPreTraining, MAEModel
+from ..models.mae.segmentation_mae import SEGMENTATION_AUTO_MAP
 from .cards import _PRETRAINING_EXTRAS, DEFAULT_COMMIT_MESSAGES, KINDS, _read_json, render_model_card
 from .http import hub_endpoint
 
@@ -83,17 +84,17 @@ def check_processor(src: Path) -> None:
         raise ValueError(f"{src}: {err} Nothing was pushed.") from None
 
 
-def _copy_model_files(src: Path, dst: Path) -> None:
+def _copy_model_files(src: Path, dst: Path, auto_map: dict = AUTO_MAP) -> None:
     """Copy a save_pretrained folder's model files (weights, config, processor) with the installed hf_mae's code
-    files and its full auto_map (the code that wrote the folder may be older): the copy loads with
+    files and its full `auto_map` (the code that wrote the folder may be older): the copy loads with
     trust_remote_code where hf_mae is absent."""
     dst.mkdir(parents=True, exist_ok=True)
     for path in [src / "config.json", *_weight_files(src), src / "preprocessor_config.json"]:
         if path.is_file():
             shutil.copyfile(path, dst / path.name)
     config = _read_json(dst / "config.json")
-    if config.get("auto_map") != AUTO_MAP:
-        config["auto_map"] = dict(AUTO_MAP)
+    if config.get("auto_map") != auto_map:
+        config["auto_map"] = dict(auto_map)
         write_json(dst / "config.json", config, sort_keys=True)
     if not (dst / "preprocessor_config.json").is_file():
         logger.warning("%s has no preprocessor_config.json: writing the default one for its config", src)
@@ -214,16 +215,42 @@ def build_pretraining_folder(checkpoint, out_dir) -> Path:
     return out_dir
 
 
+SEGMENTATION_EXTRAS = ("results.json", "training_args.json", "segmentation_examples.png")
+
+
+def build_segmentation_folder(src, out_dir) -> Path:
+    """A segmentation output folder's upload folder (no card yet): UperNet on the MAE encoder + processor + code,
+    results.json (the card's mIoU), training_args.json and the examples picture."""
+    src, out_dir = Path(src), Path(out_dir)
+    config = _read_json(src / "config.json")
+    if not config:
+        raise FileNotFoundError(f"{src} has no config.json: expected a scripts/segment.py output folder")
+    backbone_type = (config.get("backbone_config") or {}).get("model_type")
+    if config.get("model_type") != "upernet" or backbone_type != MAEConfig.model_type:
+        raise ValueError(f"{src} holds a {config.get('model_type')!r} model on a {backbone_type!r} backbone, not an "
+                         f"hf_mae segmentation model (UperNet on MAEBackbone, from scripts/segment.py)")
+    for name in ("preprocessor_config.json", "results.json"):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src} has no {name}: expected a finished scripts/segment.py output folder")
+    _copy_model_files(src, out_dir, SEGMENTATION_AUTO_MAP)
+    for name in SEGMENTATION_EXTRAS:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out_dir / name)
+    return out_dir
+
+
 # ----------------------------------------------------------------------------------------------------------
 # build everything, push
 # ----------------------------------------------------------------------------------------------------------
 def build_upload_folders(out_dir, *, checkpoint=None, probe=None, encoder_repo: str | None = None,
                          probe_repo: str | None = None, pretrain_repo: str | None = None,
-                         format: str = "hf_mae", commit_message: str | None = None) -> list[Upload]:
-    """Build every requested upload folder under `out_dir` (`pretraining/`, `encoder/`, `probe/`), with cards.
+                         format: str = "hf_mae", commit_message: str | None = None, segmentation=None,
+                         segmentation_repo: str | None = None) -> list[Upload]:
+    """Build every requested upload folder under `out_dir` (`pretraining/`, `encoder/`, `probe/`,
+    `segmentation/`), with cards.
 
     The source folders are only read. `format` applies to the encoder and the probe; the pretraining model
-    is always an hf_mae checkpoint (it needs the decoder).
+    is always an hf_mae checkpoint (it needs the decoder), and so is the segmentation model (UperNet on it).
     """
     if format not in UPLOAD_FORMATS:
         raise ValueError(f"format must be one of {UPLOAD_FORMATS}, got {format!r}")
@@ -232,14 +259,18 @@ def build_upload_folders(out_dir, *, checkpoint=None, probe=None, encoder_repo: 
                          "output folder)")
     if probe_repo and probe is None:
         raise ValueError("pushing a probe needs probe (a linear-probe output folder)")
-    if not (encoder_repo or pretrain_repo or probe_repo):
-        raise ValueError("nothing to push: give at least one of encoder_repo, probe_repo, pretrain_repo")
-    for name, path in (("checkpoint", checkpoint), ("probe", probe)):
+    if segmentation_repo and segmentation is None:
+        raise ValueError("pushing a segmentation model needs segmentation (a scripts/segment.py output folder)")
+    if not (encoder_repo or pretrain_repo or probe_repo or segmentation_repo):
+        raise ValueError("nothing to push: give at least one of encoder_repo, probe_repo, pretrain_repo, "
+                         "segmentation_repo")
+    for name, path in (("checkpoint", checkpoint), ("probe", probe), ("segmentation", segmentation)):
         if path is not None and not Path(path).is_dir():
             what = "is a file, not a folder" if Path(path).exists() else "does not exist"
             raise FileNotFoundError(f"{name} folder {path} {what}")
     out_dir = Path(out_dir)
-    repos = {"pretraining": pretrain_repo, "encoder": encoder_repo, "probe": probe_repo}
+    repos = {"pretraining": pretrain_repo, "encoder": encoder_repo, "probe": probe_repo,
+             "segmentation": segmentation_repo}
     related = {kind: repo for kind, repo in repos.items() if repo}
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     training_args = _read_json(checkpoint / "training_args.json") if checkpoint else {}
@@ -255,9 +286,11 @@ def build_upload_folders(out_dir, *, checkpoint=None, probe=None, encoder_repo: 
             build_pretraining_folder(checkpoint, folder)
         elif kind == "encoder":
             build_encoder_folder(checkpoint, folder, format=format)
-        else:
+        elif kind == "probe":
             build_probe_folder(probe, folder, format=format)
-        kind_format = "hf_mae" if kind == "pretraining" else format
+        else:
+            build_segmentation_folder(segmentation, folder)
+        kind_format = "hf_mae" if kind in ("pretraining", "segmentation") else format
         card = render_model_card(kind, folder, repo_id=repo_id, format=kind_format,
                                  training_args=training_args, pretrain_results=pretrain_results,
                                  probe_results=probe_results,

@@ -47,17 +47,17 @@ class HubPushError(RuntimeError):
 
 
 def retry_command(*, checkpoint=None, probe=None, encoder_repo=None, probe_repo=None, pretrain_repo=None,
-                  format: str = "hf_mae", private: bool = False, revision: str | None = None,
-                  commit_message: str | None = None, timeout: float | None = None,
+                  segmentation=None, segmentation_repo=None, format: str = "hf_mae", private: bool = False,
+                  revision: str | None = None, commit_message: str | None = None, timeout: float | None = None,
                   attempts: int | None = None) -> str:
     """The `python -m hf_mae.push_to_hub` command line that repeats a push (absolute paths; never the token). It runs
     wherever hf_mae is installed, from any folder."""
     args = list(PUSH_COMMAND)
-    for flag, value in (("--checkpoint", checkpoint), ("--probe", probe)):
+    for flag, value in (("--checkpoint", checkpoint), ("--probe", probe), ("--segmentation", segmentation)):
         if value is not None:
             args += [flag, str(Path(value).resolve())]
     for flag, value in (("--pretrain_repo", pretrain_repo), ("--encoder_repo", encoder_repo),
-                        ("--probe_repo", probe_repo)):
+                        ("--probe_repo", probe_repo), ("--segmentation_repo", segmentation_repo)):
         if value:
             args += [flag, value]
     if format != "hf_mae":
@@ -132,25 +132,27 @@ def _push_with_retries(upload: Upload, *, api: HfApi, private: bool, revision: s
 
 
 def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
-                probe_repo: str | None = None, pretrain_repo: str | None = None, format: str = "hf_mae",
-                private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                token: str | None = None, dry_run_dir=None, timeout: float | None = None,
-                attempts: int | None = None) -> dict[str, str]:
+                probe_repo: str | None = None, pretrain_repo: str | None = None, segmentation=None,
+                segmentation_repo: str | None = None, format: str = "hf_mae", private: bool = False,
+                revision: str | None = None, commit_message: str | None = None, token: str | None = None,
+                dry_run_dir=None, timeout: float | None = None, attempts: int | None = None) -> dict[str, str]:
     """Build and push the requested repos; returns {repo_id: commit url} (empty for a dry run).
 
     `checkpoint`: a pretraining output folder (full model at its root, `encoder/`); `probe`: a linear-probe
-    output folder. `format` ("hf_mae" or "vit") applies to the encoder and the probe. With `dry_run_dir` the
-    folders are built there and described, and nothing is pushed (no token needed). `timeout`: seconds a Hub
-    request may wait for an answer (default $HF_MAE_HUB_TIMEOUT, else 60); `attempts`: tries per repo after
-    timeouts, network errors and HTTP 408 / 429 / 5xx (default $HF_MAE_HUB_ATTEMPTS, else 3). Raises
+    output folder; `segmentation`: a scripts/segment.py output folder. `format` ("hf_mae" or "vit") applies to
+    the encoder and the probe. With `dry_run_dir` the folders are built there and described, and nothing is
+    pushed (no token needed). `timeout`: seconds a Hub request may wait for an answer (default
+    $HF_MAE_HUB_TIMEOUT, else 60); `attempts`: tries per repo after timeouts, network errors and HTTP 408 / 429
+    / 5xx (default $HF_MAE_HUB_ATTEMPTS, else 3). Raises
     HubPushError on any push failure (the token redacted from everything it shows); ValueError /
     FileNotFoundError for bad inputs, before anything is pushed.
     """
     kwargs = dict(checkpoint=checkpoint, probe=probe, encoder_repo=encoder_repo, probe_repo=probe_repo,
-                  pretrain_repo=pretrain_repo, format=format, commit_message=commit_message)
+                  pretrain_repo=pretrain_repo, segmentation=segmentation, segmentation_repo=segmentation_repo,
+                  format=format, commit_message=commit_message)
     command = retry_command(**kwargs, private=private, revision=revision, timeout=timeout, attempts=attempts)
     timeout, attempts = hub_timeout(timeout), hub_attempts(attempts)
-    sources = [Path(p) for p in (checkpoint, probe) if p is not None]
+    sources = [Path(p) for p in (checkpoint, probe, segmentation) if p is not None]
     if dry_run_dir is not None:
         dry_run_dir = Path(dry_run_dir)
         if dry_run_dir.exists() and not dry_run_dir.is_dir():
@@ -165,7 +167,7 @@ def push_to_hub(*, checkpoint=None, probe=None, encoder_repo: str | None = None,
         print(f"Dry run: nothing pushed. Built folders are in {dry_run_dir}.")
         print(describe_uploads(uploads, private=private, revision=revision))
         return {}
-    first_repo = pretrain_repo or encoder_repo or probe_repo
+    first_repo = pretrain_repo or encoder_repo or probe_repo or segmentation_repo
     token = token or get_token()
     if not token:
         raise _failure(None, first_repo, "no Hugging Face token found. Set HF_TOKEN to a token with "

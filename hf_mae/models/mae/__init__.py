@@ -5,6 +5,8 @@ from .classification_mae import MAEForImageClassification
 from .configuration_mae import PRESETS, MAEConfig
 from .image_processing_mae import MAEImageProcessor, MAEImageProcessorFast
 from .modeling_mae import MAEForPreTraining, MAEModel, MAEPreTrainedModel
+from .segmentation_mae import MAEForSemanticSegmentation, MAEUperNetConfig
 
 __all__ = ["PRESETS", "MAEBackbone", "MAEConfig", "MAEForImageClassification", "MAEForPreTraining",
-           "MAEImageProcessor", "MAEImageProcessorFast", "MAEModel", "MAEPreTrainedModel"]
+           "MAEImageProcessor", "MAEImageProcessorFast", "MAEForSemanticSegmentation", "MAEModel", "MAEPreTrainedModel",
+           "MAEUperNetConfig"]
