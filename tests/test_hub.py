@@ -47,7 +47,7 @@ from hf_mae.models.mae.modeling_mae import AUTO_MAP
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = FAKE_HUB_TOKEN  # the `hub` fixture's (conftest)
 CODE = {"configuration_mae.py", "modeling_mae.py", "image_processing_mae.py", "card_mae.py", "layers_mae.py",
-        "classification_mae.py", "backbone_mae.py"}
+        "classification_mae.py", "backbone_mae.py", "segmentation_mae.py"}
 MODEL = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
 EXPECTED_FILES = {
     ("pretraining", "hf_mae"): MODEL | CODE | {"training_args.json", "results.json", "log.jsonl",

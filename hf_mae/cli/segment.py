@@ -110,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--layer_decay", type=scale_fraction, default=0.65,
                         help="layer-wise lr decay over the encoder blocks (0.65)")
     recipe.add_argument("--drop_path", type=open_fraction, default=0.1, help="stochastic depth rate (0.1)")
-    recipe.add_argument("--crop_size", type=positive_int, default=None, help="training crop (512; embedded 56)")
-    recipe.add_argument("--ratio_range", type=positive_float, nargs=2, default=(0.5, 2.0),
-                        help="random resize factors (0.5 2.0)")
+    recipe.add_argument("--crop_size", type=positive_int, default=None,
+                        help="training crop and sliding window (512; embedded 28: the encoder's pretraining size)")
+    recipe.add_argument("--ratio_range", type=positive_float, nargs=2, default=None,
+                        help="random resize factors (0.5 2.0; embedded 1 1: digits keep their pretraining scale)")
     recipe.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                         help="random horizontal flip (on; embedded off: digits are not symmetric)")
     recipe.add_argument("--eval_mode", choices=["whole", "slide"], default=None,
-                        help="held-out inference: whole image or sliding window (slide; embedded whole)")
+                        help="held-out inference: whole image or sliding window (slide)")
     recipe.add_argument("--eval_stride", type=positive_int, default=None,
                         help="sliding-window stride (default 2/3 of the crop: 341 for 512)")
     add_eval_batch_size_argument(recipe, help="images per device for evaluation (16)", default=16)
@@ -128,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     check_push_arguments(args)
+    args = apply_defaults(args, "segment")
     if args.ratio_range[0] > args.ratio_range[1]:
         raise SystemExit(f"--ratio_range: low {args.ratio_range[0]} is above high {args.ratio_range[1]}")
-    return apply_defaults(args, "segment")
+    return args
 
 
 def load_data(args):
