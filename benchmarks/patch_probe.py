@@ -2,8 +2,9 @@
 
 For each stroke patch (a 4x4 patch holding a pixel >= 128) the probe predicts its digit from the encoder's last-layer
 token of that patch, trained on patches of the first 2,000 training digits and scored on those of 500 held-out ones.
-Two layouts: each digit alone on its 28x28 image (the 7x7 grid the embedded encoder is pretrained on) and the same
-digit at a random place on a 56x56 canvas (the 14x14 grid of a whole digit scene). A pretrained encoder against its
+Three layouts: each digit alone on its 28x28 image (the 7x7 grid the embedded encoder is pretrained on), the same
+digit shifted by up to 8 px on that 28x28 image (what a 28-px crop of a digit scene shows) and the same digit at a
+random place on a 56x56 canvas (the 14x14 grid of a whole digit scene). A pretrained encoder against its
 random-init twin: what dense transfer (scripts/segment.py) can build on.
 
     python benchmarks/patch_probe.py --model outputs/pretrain/encoder
@@ -27,6 +28,17 @@ def on_canvas(images: np.ndarray, size: int, seed: int) -> np.ndarray:
     for i, image in enumerate(images):
         top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
         out[i, top:top + height, left:left + width] = image
+    return out
+
+
+def shifted(images: np.ndarray, max_shift: int, seed: int) -> np.ndarray:
+    """Each (28, 28) image moved by a random (dy, dx) in [-max_shift, max_shift], the uncovered border blank."""
+    rng = np.random.default_rng(seed)
+    height, width = images.shape[1:]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    out = np.empty_like(images)
+    for i, (dy, dx) in enumerate(rng.integers(0, 2 * max_shift + 1, (len(images), 2))):
+        out[i] = padded[i, dy:dy + height, dx:dx + width]
     return out
 
 
@@ -62,7 +74,8 @@ def probe_accuracy(train: tuple, test: tuple, steps: int = 300) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/pretrain/encoder", help="an hf_mae encoder folder")
-    parser.add_argument("--canvas", type=int, default=56, help="canvas size for the second layout (56)")
+    parser.add_argument("--canvas", type=int, default=56, help="canvas size for the last layout (56)")
+    parser.add_argument("--max_shift", type=int, default=8, help="largest shift of the middle layout, px (8)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     digits = load_embedded_default()
@@ -75,13 +88,15 @@ def main(argv=None) -> None:
     random_init = MAEModel(MAEConfig.from_pretrained(args.model)).eval()
     patch = pretrained.config.patch_size
     print("| layout | pretrained | random init |\n|---|---|---|")
-    layouts = (("28x28, digit alone (7x7 grid)", 28), (f"{args.canvas}x{args.canvas}, digit anywhere", args.canvas))
-    for layout, size in layouts:
+    layouts = {"28x28, digit alone (7x7 grid)": lambda x, seed: x,
+               f"28x28, digit shifted by up to {args.max_shift} px": lambda x, seed: shifted(x, args.max_shift, seed),
+               f"{args.canvas}x{args.canvas}, digit anywhere": lambda x, seed: on_canvas(x, args.canvas, seed)}
+    for layout, show in layouts.items():
         scores = []
         for model in (pretrained, random_init):
             data = []
             for split, seed in (("train", 0), ("held", 1)):
-                shown = images[split] if size == 28 else on_canvas(images[split], size, seed)
+                shown = show(images[split], seed)
                 tokens, stroke = patch_tokens(model, shown, mean, std, patch)
                 per_patch = torch.from_numpy(labels[split]).repeat_interleave(len(stroke) // len(shown))
                 data.append((tokens[stroke], per_patch[stroke].long()))

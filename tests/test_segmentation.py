@@ -42,6 +42,17 @@ def test_digit_scenes_are_deterministic_and_labelled_by_stroke():
     assert (maps[images >= 128] >= 1).all() and maps.max() <= 10  # strokes carry a digit class + 1
 
 
+def test_digit_scenes_never_overlap_two_digits():
+    digits = np.zeros((10, 28, 28), dtype=np.uint8)
+    digits[:, 9:19, 9:19] = 255  # each "digit" a 10x10 square of ink: its box is that square
+    images, maps = digit_scenes(digits, np.arange(10), num_scenes=40, seed=0)
+    for image, labels in zip(images, maps):
+        assert ((labels > 0) == (image == 255)).all()
+        counts = np.bincount(labels.ravel(), minlength=11)[1:]
+        assert counts.sum() >= 200  # at least two squares: small boxes always find room
+        assert (counts % 100 == 0).all()  # whole squares only: no square covers part of another
+
+
 def test_label_map_errors_name_the_row_and_value():
     with pytest.raises(ValueError, match=r"row 7 .*4x3.*image 5x3"):
         check_label_map(np.zeros((3, 4), dtype=np.int64), (3, 5), num_labels=2, row=7)

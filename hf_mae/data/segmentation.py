@@ -6,8 +6,9 @@ A segmentation dataset has an image column and a map column (an image or a 2-D a
 of transformers' segmentation example and returns both under `image` / `label`. Pixels labelled
 `IGNORE_INDEX` (255) count in no loss and no score.
 
-Digit scenes (the default with no data flag): 56x56 canvases holding 2-4 embedded MNIST digits at random places;
-each stroke pixel (>= 128) is labelled with its digit's class (ids 1-10 for "0".."9"), everything else is
+Digit scenes (the default with no data flag): 56x56 canvases holding 2-4 embedded MNIST digits at random places,
+no two overlapping (a stroke never belongs to two digits); each stroke pixel (>= 128) is labelled with its
+digit's class (ids 1-10 for "0".."9"), everything else is
 "background" (id 0). Training scenes are drawn from the 4,000 training digits, held-out scenes from the 1,000
 held-out ones, with fixed seeds: the same scenes on every machine, built once and cached beside the embedded
 digits.
@@ -35,7 +36,7 @@ from .train_loader import EpochSeededDataset, EpochShuffleSampler
 IGNORE_INDEX = 255
 
 
-SCENES_NAME = "embedded_digit_scenes_v1"  # bump the suffix whenever the scenes' content changes
+SCENES_NAME = "embedded_digit_scenes_v2"  # bump the suffix whenever the scenes' content changes
 
 
 SCENE_LABEL_NAMES = ["background"] + [str(i) for i in range(10)]
@@ -50,20 +51,33 @@ MAP_COLUMN_CANDIDATES = ("annotation", "label", "labels", "segmentation", "mask"
 
 
 def digit_scenes(digits: np.ndarray, classes: np.ndarray, num_scenes: int, seed: int, size: int = 56,
-                 digits_per_scene: tuple[int, int] = (2, 4)) -> tuple[np.ndarray, np.ndarray]:
-    """`num_scenes` (size x size) uint8 scenes and their label maps from (N, 28, 28) uint8 `digits` of
-    `classes` 0-9. Each scene pastes 2-4 digits (drawn with replacement) at random places, brighter pixel wins;
-    stroke pixels (>= 128) get their digit's class + 1 (a later digit's stroke wins), the rest 0."""
+                 digits_per_scene: tuple[int, int] = (2, 4), tries: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """`num_scenes` (size x size) uint8 scenes and their label maps from (N, H, W) uint8 `digits` of `classes`
+    0-9. Each scene asks for 2-4 digits (drawn with replacement); each is placed by its ink's bounding box at a
+    random place where that box touches no earlier digit's (up to `tries` draws, else the digit is left out), so
+    every stroke belongs to one digit and its label is never ambiguous. Stroke pixels (>= 128) get their digit's
+    class + 1, the rest 0 (background)."""
     rng = np.random.default_rng(seed)
-    height, width = digits.shape[1:]
     images = np.zeros((num_scenes, size, size), dtype=np.uint8)
     maps = np.zeros((num_scenes, size, size), dtype=np.uint8)
     for scene in range(num_scenes):
+        placed = []  # (top, left, bottom, right) of the boxes in this scene
         for pick in rng.integers(0, len(digits), rng.integers(digits_per_scene[0], digits_per_scene[1] + 1)):
-            top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
-            window = (scene, slice(top, top + height), slice(left, left + width))
-            images[window] = np.maximum(images[window], digits[pick])
-            maps[window] = np.where(digits[pick] >= 128, classes[pick] + 1, maps[window])
+            rows, cols = np.nonzero(digits[pick].any(1))[0], np.nonzero(digits[pick].any(0))[0]
+            if not len(rows):
+                continue  # a blank digit has nothing to place
+            ink = digits[pick][rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            height, width = ink.shape
+            if height > size or width > size:
+                raise ValueError(f"a digit's ink ({height}x{width}) does not fit a {size}x{size} scene")
+            for _ in range(tries):
+                top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
+                box = (top, left, top + height, left + width)
+                if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in placed):
+                    placed.append(box)
+                    images[scene, box[0]:box[2], box[1]:box[3]] = ink
+                    maps[scene, box[0]:box[2], box[1]:box[3]] = np.where(ink >= 128, classes[pick] + 1, 0)
+                    break
     return images, maps
 
 
@@ -88,7 +102,7 @@ def build_digit_scenes(num_train: int = 2000, num_eval: int = 500, cache_dir=Non
 
 
 def load_digit_scenes(cache_dir=None) -> datasets.DatasetDict:
-    """The embedded digit scenes, built once and memory-mapped from `<cache>/embedded_digit_scenes_v1` after
+    """The embedded digit scenes, built once and memory-mapped from `<cache>/SCENES_NAME` after
     (the cache of the embedded digits: `cache_dir`, else `$HF_MAE_CACHE`, else `~/.cache/hf_mae`)."""
     root = cache_dir or os.environ.get("HF_MAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_mae")
     folder = os.path.join(os.fspath(root), SCENES_NAME)
