@@ -1,7 +1,8 @@
 """hf_mae: Masked Autoencoders (He et al. 2022) as Hugging Face transformers classes.
 
 Importing the package registers model type "hf_mae" with AutoConfig, AutoModel, AutoModelForPreTraining,
-AutoModelForImageClassification, AutoBackbone and AutoImageProcessor (PIL and torch backends), and tells
+AutoModelForImageClassification, AutoBackbone and AutoImageProcessor (PIL and torch backends), model type
+"hf_mae_upernet" (the segmenters of scripts/segment.py) with AutoConfig and AutoModelForSemanticSegmentation, and tells
 AutoVideoProcessor that hf_mae has no video processor: with hf_mae installed, no Auto class or pipeline
 asks to run the code files saved beside a checkpoint.
 """
@@ -16,6 +17,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
     UperNetConfig,
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
@@ -32,12 +34,15 @@ AutoModel.register(MAEConfig, MAEModel, exist_ok=True)
 AutoModelForPreTraining.register(MAEConfig, MAEForPreTraining, exist_ok=True)
 AutoModelForImageClassification.register(MAEConfig, MAEForImageClassification, exist_ok=True)
 AutoBackbone.register(MAEConfig, MAEBackbone, exist_ok=True)
+AutoConfig.register(MAEUperNetConfig.model_type, MAEUperNetConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(MAEUperNetConfig, MAEForSemanticSegmentation, exist_ok=True)
 # AutoVideoProcessor (which pipelines try) guesses "MAEVideoProcessor" from the processor's auto_map and, with
 # nothing registered locally, asks whether to run that (non-existent) remote code: a y/N prompt and a 15 s
 # stall in a terminal. Registering "no video processor" for MAEConfig makes it fail fast instead.
 AutoVideoProcessor.register(MAEConfig, video_processor_classes={}, exist_ok=True)
-# The same for UperNet (hf_mae's segmenters load as UperNetConfig, their processor auto_map names MAEImageProcessor);
-# transformers has no UperNet video processor, so nothing else changes.
+# The same for the segmenters (their processor auto_map names MAEImageProcessor), and for UperNet, as segmenters
+# saved before "hf_mae_upernet" load: transformers has no UperNet video processor, so nothing else changes.
+AutoVideoProcessor.register(MAEUperNetConfig, video_processor_classes={}, exist_ok=True)
 AutoVideoProcessor.register(UperNetConfig, video_processor_classes={}, exist_ok=True)
 # "torchvision" is transformers' name for the torch backend (use_fast=True); ours needs torch only
 AutoImageProcessor.register(MAEConfig, image_processor_classes={"pil": MAEImageProcessor,

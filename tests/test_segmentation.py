@@ -23,7 +23,8 @@ from hf_mae.data.segmentation import (
     reduce_label_ids,
 )
 from hf_mae.evaluation.metrics.mean_iou import confusion_matrix, scores_from_confusion
-from hf_mae.evaluation.segmentation import MEAN_IOU_PATH, default_out_indices, slide_logits
+from hf_mae.evaluation.segmentation import MEAN_IOU_PATH, default_out_indices
+from hf_mae.models.mae.segmentation_mae import slide_logits
 from hf_mae.training.optim import poly_lr_at_step
 
 # ------------------------------------------------------------------------------------------ data and checks
@@ -154,12 +155,11 @@ def test_default_out_indices_match_mmsegmentation_for_vit_b():
 
 
 def test_sliding_window_covers_every_pixel_once_averaged():
-    class Echo(torch.nn.Module):  # logits = the input's first channel: averaging windows must give it back
-        def forward(self, pixel_values):
-            return type("Out", (), {"logits": pixel_values[:, :1].repeat(1, 2, 1, 1)})()
+    def echo(crop):  # logits = the input's first channel: averaging windows must give it back
+        return crop[:, :1].repeat(1, 2, 1, 1)
 
     pixels = torch.randn(1, 1, 20, 28)
-    logits = slide_logits(Echo(), pixels, 2, window=(8, 8), stride=(5, 5))
+    logits = slide_logits(echo, pixels, 2, window=(8, 8), stride=(5, 5))
     torch.testing.assert_close(logits[:, 0], pixels[:, 0])
 
 
@@ -183,7 +183,7 @@ def tiny_run(tmp_path_factory):
         for split, (images, maps) in scenes.items()}).save_to_disk(str(root / "scenes"))
     common = ["--model", str(root / "pretrain"), "--dataset_name", str(root / "scenes"), "--num_labels", "11",
               "--crop_size", "32", "--per_device_batch_size", "4", "--max_train_steps", "6", "--warmup_steps", "2",
-              "--head_hidden_size", "16", "--num_workers", "0", "--mixed_precision", "no", "--eval_mode", "whole"]
+              "--head_hidden_size", "16", "--num_workers", "0", "--mixed_precision", "no", "--eval_mode", "slide"]
     results = cli([*common, "--output_dir", str(root / "out")])
     return root, common, results
 
@@ -208,12 +208,12 @@ def test_results_json_holds_the_contract_keys(tiny_run):
 
 
 def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run, capfd):
-    from transformers import AutoModelForSemanticSegmentation, pipeline
+    from transformers import AutoModelForSemanticSegmentation, UperNetForSemanticSegmentation, pipeline
 
     root, _, _ = tiny_run
     capfd.readouterr()
     model = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
-    assert type(model).__name__ == "UperNetForSemanticSegmentation"
+    assert isinstance(model, UperNetForSemanticSegmentation) and type(model).__name__ == "MAEForSemanticSegmentation"
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8))
     segmenter = pipeline("image-segmentation", model=str(root / "out"))
     masks = segmenter(image)
@@ -222,6 +222,77 @@ def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run, capfd)
     total = sum(np.asarray(m["mask"]) > 0 for m in masks)
     assert (total == 1).all()  # per-class masks cover every pixel exactly once
     assert "custom code" not in capfd.readouterr().out  # hf_mae installed: no remote-code question
+
+
+def _scored_predictions(root):
+    """The held-out scenes of the tiny run as the program scored them: its eval transform and the saved model."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    from hf_mae.data.segmentation import PairedEvalTransform
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(root / "out").eval()
+    processor = MAEImageProcessor.from_pretrained(root / "out")
+    data = load_segmentation_datasets(dataset_name=str(root / "scenes"))
+    fn = SegmentationTransformFn(PairedEvalTransform(processor.image_mean, processor.image_std), 1, 11)
+    rows = [{k: v[0] for k, v in fn(data.evaluation[[i]], [i]).items()} for i in range(len(data.evaluation))]
+    with torch.no_grad():
+        logits = [model(pixel_values=row["pixel_values"][None]).logits[0] for row in rows]
+    return model, data.evaluation, rows, logits
+
+
+def test_eval_forward_segments_as_its_config_says(tiny_run):
+    from transformers import UperNetForSemanticSegmentation
+
+    root, _, _ = tiny_run
+    model, _, rows, _ = _scored_predictions(root)
+    assert (model.config.inference_mode, model.config.inference_window, model.config.inference_stride) == (
+        "slide", 32, 21)
+
+    def upernet(pixels):  # transformers' own forward, no windows, no padding
+        return UperNetForSemanticSegmentation.forward(model, pixel_values=pixels).logits
+
+    scene = rows[0]["pixel_values"][None]  # 56x56: larger than the 32-px window
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=scene).logits,
+                                   slide_logits(upernet, scene, 11, (32, 32), (21, 21)))
+        assert not torch.allclose(model(pixel_values=scene).logits, upernet(scene))  # really not the whole image
+        odd = scene[..., :30, :27]  # not a multiple of the 4-px patch: padded for the encoder, cropped back
+        padded = torch.nn.functional.pad(odd, (0, 1, 0, 2))
+        torch.testing.assert_close(model(pixel_values=odd).logits, upernet(padded)[..., :30, :27])
+        assert model(pixel_values=scene, return_dict=False)[0].shape == (1, 11, 56, 56)
+        labels = rows[0]["labels"][None]
+        loss = model(pixel_values=scene, labels=labels).loss
+        torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(model(pixel_values=scene).logits, labels,
+                                                                           ignore_index=IGNORE_INDEX))
+    model.train()
+    scenes = torch.stack([row["pixel_values"] for row in rows[:2]])  # two: UperNet's batch norms need a batch
+    maps = torch.stack([row["labels"] for row in rows[:2]])
+    torch.manual_seed(0)
+    trained = model(pixel_values=scenes, labels=maps)
+    torch.manual_seed(0)
+    expected = UperNetForSemanticSegmentation.forward(model, pixel_values=scenes, labels=maps)
+    torch.testing.assert_close(trained.logits, expected.logits)  # training: UperNet's forward and loss, unchanged
+    torch.testing.assert_close(trained.loss, expected.loss)
+
+
+def test_pipeline_segments_as_the_program_scored(tiny_run):
+    from transformers import pipeline
+
+    root, _, results = tiny_run
+    model, evaluation, rows, logits = _scored_predictions(root)
+    segmenter = pipeline("image-segmentation", model=str(root / "out"))
+    confusion = np.zeros((11, 11), dtype=np.int64)
+    for item, row, scored in zip(evaluation, rows, logits):
+        masks = segmenter(item["image"])
+        predicted = np.zeros(item["image"].size[::-1], dtype=np.int64)
+        for mask in masks:
+            predicted[np.asarray(mask["mask"]) > 0] = model.config.label2id[mask["label"]]
+        assert predicted.shape == tuple(row["labels"].shape)  # the image's own size, not the 32-px crop
+        agree = (predicted == scored.argmax(0).numpy()).mean()
+        assert agree > 0.999, agree
+        confusion += confusion_matrix(predicted, row["labels"].numpy(), 11, IGNORE_INDEX)
+    assert len(np.unique(np.concatenate([s.argmax(0).numpy().ravel() for s in logits]))) > 1  # a real check
+    assert scores_from_confusion(confusion)["mean_iou"] == pytest.approx(results["mean_iou"], abs=0.5)
 
 
 REMOTE_CHILD = """

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                         help="random horizontal flip (on; embedded off: digits are not symmetric)")
     recipe.add_argument("--eval_mode", choices=["whole", "slide"], default=None,
-                        help="held-out inference: whole image or sliding window (slide)")
+                        help="inference, held out and of the saved model (the pipeline): whole image or sliding "
+                             "window (slide)")
     recipe.add_argument("--eval_stride", type=positive_int, default=None,
                         help="sliding-window stride (default 2/3 of the crop: 341 for 512)")
     add_eval_batch_size_argument(recipe, help="images per device for evaluation (16)", default=16)
@@ -187,7 +188,6 @@ class _Setup:
     num_train: int
     eval_data: object
     attn: str | None
-    patch: int
 
 
 def _setup(args: argparse.Namespace, accelerator) -> _Setup:
@@ -198,8 +198,10 @@ def _setup(args: argparse.Namespace, accelerator) -> _Setup:
     attn = args.attn_implementation or ("eager" if accelerator.device.type == "cpu" else None)
     model, note = build_segmenter(args.model, names, random_init=args.random_init, out_indices=args.out_indices,
                                   head_hidden_size=args.head_hidden_size, auxiliary_head=args.auxiliary_head,
-                                  drop_path_rate=args.drop_path, attn_implementation=attn)
-    processor = segmentation_processor(args.model, mae_config, args.crop_size)
+                                  drop_path_rate=args.drop_path, attn_implementation=attn,
+                                  inference_mode=args.eval_mode, inference_window=args.crop_size,
+                                  inference_stride=args.eval_stride or max(1, args.crop_size * 2 // 3))
+    processor = segmentation_processor(args.model, mae_config)
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     channels, patch = mae_config.num_channels, mae_config.patch_size
     crop = (args.crop_size, args.crop_size)
@@ -218,7 +220,7 @@ def _setup(args: argparse.Namespace, accelerator) -> _Setup:
         raise ValueError(f"{len(train_data)} training images are fewer than one batch of "
                          f"{args.per_device_batch_size} x {accelerator.num_processes} processes")
     return _Setup(model, optimizer, train_loader, eval_loader, train_fn, eval_fn, processor, names, note, source,
-                  eval_name, len(train_data), eval_data, attn, patch)
+                  eval_name, len(train_data), eval_data, attn)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -260,7 +262,6 @@ def main(args: argparse.Namespace) -> dict:
 
 def _train(args, accelerator, run: _Setup, loop: TrainingLoop, history: list, run_log) -> dict:
     """The training steps, then the held-out evaluation (also when a resume finds nothing left to train)."""
-    stride = args.eval_stride or max(1, args.crop_size * 2 // 3)
     final = {}
 
     def step(batch, epoch, batch_index):
@@ -270,8 +271,7 @@ def _train(args, accelerator, run: _Setup, loop: TrainingLoop, history: list, ru
         if not done:
             return
         final.update(evaluate_segmentation(accelerator, run.model, run.eval_loader, len(run.names),
-                                           mode=args.eval_mode, window=(args.crop_size, args.crop_size),
-                                           stride=(stride, stride), ignore_index=IGNORE_INDEX))
+                                           ignore_index=IGNORE_INDEX))
         record = {"event": "eval", "epoch": epoch_done, "step": loop.update_step, "train_loss": train_loss,
                   "eval_loss": final["loss"], "mean_iou": final["mean_iou"],
                   "pixel_accuracy": final["pixel_accuracy"]}
@@ -306,8 +306,7 @@ def _finish(args, accelerator, run: _Setup, out_dir: Path, results: dict, run_lo
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model)
         save_pretrained_into(out_dir, unwrapped, run.processor)
-        write_examples_picture(unwrapped, run.eval_data, run.eval_fn, out_dir / "segmentation_examples.png",
-                               run.patch)
+        write_examples_picture(unwrapped, run.eval_data, run.eval_fn, out_dir / "segmentation_examples.png")
     finish_run(accelerator, out_dir, results, run_log)
     if accelerator.is_main_process:
         accelerator.print(f"segmentation ({results['init']}) done in {results['wall_time_s']:.0f} s: held-out mIoU "

@@ -1,11 +1,11 @@
 """Semantic segmentation on an MAE encoder: checkpoint -> UperNet segmenter (transformers'
 `UperNetForSemanticSegmentation` on `MAEBackbone`), its layer-decay param groups, and the scores (mean IoU,
-per-class IoU, pixel accuracy over a held-out split, whole-image or sliding-window inference; the shipped
-`evaluate` metric `metrics/mean_iou.py` does the maths), plus a picture of image | ground truth | prediction."""
+per-class IoU, pixel accuracy over a held-out split; the shipped `evaluate` metric `metrics/mean_iou.py` does the
+maths), plus a picture of image | ground truth | prediction. Scores, picture and the saved model's users (the
+pipeline) all segment through the model's own forward: whole-image or sliding-window, as its config says."""
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
@@ -31,27 +31,6 @@ def load_mean_iou_metric():
     return evaluate.load(MEAN_IOU_PATH, keep_in_memory=True)
 
 
-def _window_starts(length: int, window: int, stride: int) -> list[int]:
-    if length <= window:
-        return [0]
-    return sorted({min(i * stride, length - window) for i in range(math.ceil((length - window) / stride) + 1)})
-
-
-def slide_logits(model, pixel_values: torch.Tensor, num_labels: int, window: tuple[int, int],
-                 stride: tuple[int, int]) -> torch.Tensor:
-    """mmsegmentation's `slide_inference`: logits of overlapping `window` crops every `stride` pixels, averaged
-    where they overlap. Images smaller than the window are run whole."""
-    batch, _, height, width = pixel_values.shape
-    total = pixel_values.new_zeros(batch, num_labels, height, width, dtype=torch.float32)
-    count = pixel_values.new_zeros(1, 1, height, width, dtype=torch.float32)
-    for top in _window_starts(height, window[0], stride[0]):
-        for left in _window_starts(width, window[1], stride[1]):
-            crop = pixel_values[:, :, top:top + window[0], left:left + window[1]]
-            total[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += model(pixel_values=crop).logits.float()
-            count[:, :, top:top + crop.shape[2], left:left + crop.shape[3]] += 1
-    return total / count
-
-
 def batch_confusion(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int,
                     ignore_index: int = 255) -> torch.Tensor:
     """(num_labels, num_labels) pixel counts on the device (rows: true class), ignored pixels left out."""
@@ -61,14 +40,10 @@ def batch_confusion(predictions: torch.Tensor, labels: torch.Tensor, num_labels:
 
 
 @torch.no_grad()
-def evaluate_segmentation(accelerator, model, loader, num_labels: int, *, mode: str = "whole",
-                          window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
-                          ignore_index: int = 255) -> dict:
+def evaluate_segmentation(accelerator, model, loader, num_labels: int, *, ignore_index: int = 255) -> dict:
     """mean_iou / pixel_accuracy / per_class_iou (percent) and the mean loss over this process's share of the
-    held-out rows (`segmentation_eval_loader`), summed over processes. `mode`: "whole" (each padded image at
-    once) or "slide" (`window` crops every `stride` pixels)."""
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"evaluation mode must be 'whole' or 'slide', got {mode!r}")
+    held-out rows (`segmentation_eval_loader`), summed over processes; the model segments as its config's
+    `inference_mode` says (whole image or sliding window)."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.long, device=accelerator.device)
@@ -78,8 +53,7 @@ def evaluate_segmentation(accelerator, model, loader, num_labels: int, *, mode: 
             continue
         pixels, labels = batch["pixel_values"].to(accelerator.device), batch["labels"].to(accelerator.device)
         with accelerator.autocast():
-            logits = (slide_logits(model, pixels, num_labels, window, stride) if mode == "slide"
-                      else model(pixel_values=pixels).logits.float())
+            logits = model(pixel_values=pixels).logits
         logits = logits.float()
         if (labels != ignore_index).any():
             loss_sum += torch.stack([F.cross_entropy(logits, labels, ignore_index=ignore_index),
@@ -108,10 +82,12 @@ def default_out_indices(depth: int) -> list[int]:
 
 def build_segmenter(name_or_path: str, class_names: list[str], *, random_init: bool = False,
                     out_indices: list[int] | None = None, head_hidden_size: int = 512, auxiliary_head: bool = True,
-                    drop_path_rate: float = 0.1, attn_implementation: str | None = None):
+                    drop_path_rate: float = 0.1, attn_implementation: str | None = None,
+                    inference_mode: str = "whole", inference_window: int | None = None,
+                    inference_stride: int | None = None):
     """UperNet (auxiliary FCN head optional) on the 4x/2x/1x/0.5x pyramid of the MAE encoder in any hf_mae
-    encoder, pretraining or classifier folder; `random_init` leaves the encoder untrained. Returns (model,
-    note)."""
+    encoder, pretraining or classifier folder; `random_init` leaves the encoder untrained; `inference_*`: how it
+    segments in eval mode (`MAEUperNetConfig`). Returns (model, note)."""
     mae_config = read_mae_config(name_or_path)
     out_indices = list(out_indices or default_out_indices(mae_config.num_hidden_layers))
     overrides = {"out_indices": out_indices, "add_fpn": True, "drop_path_rate": drop_path_rate}
@@ -134,7 +110,9 @@ def build_segmenter(name_or_path: str, class_names: list[str], *, random_init: b
     config = MAEUperNetConfig(backbone_config=backbone_config, num_labels=len(class_names),
                               hidden_size=head_hidden_size, auxiliary_channels=head_hidden_size,
                               use_auxiliary_head=auxiliary_head, id2label=dict(enumerate(class_names)),
-                              label2id={name: i for i, name in enumerate(class_names)}, loss_ignore_index=255)
+                              label2id={name: i for i, name in enumerate(class_names)}, loss_ignore_index=255,
+                              inference_mode=inference_mode, inference_window=inference_window,
+                              inference_stride=inference_stride)
     model = MAEForSemanticSegmentation(config)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
@@ -143,17 +121,18 @@ def build_segmenter(name_or_path: str, class_names: list[str], *, random_init: b
     return model, note + f"; blocks {blocks} -> 4x/2x/1x/0.5x neck -> UperNet ({head_hidden_size} channels)"
 
 
-def segmentation_processor(name_or_path: str, mae_config, crop_size: int) -> MAEImageProcessor:
-    """The checkpoint's processor (normalisation, channels) resized to the segmentation crop, no center crop:
-    what the image-segmentation pipeline feeds the model."""
+def segmentation_processor(name_or_path: str, mae_config) -> MAEImageProcessor:
+    """The checkpoint's processor (normalisation, channels) without resize or crop: what the image-segmentation
+    pipeline feeds the model. Images keep their own scale, as in training (crops of images at their scale x
+    0.5-2.0) and in the held-out evaluation; the model pads them to the patch size and slides its window over
+    larger ones."""
     try:
         base = MAEImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError):
         base = MAEImageProcessor.for_config(mae_config)
     return MAEImageProcessor(image_mean=base.image_mean, image_std=base.image_std, patch_size=mae_config.patch_size,
                              num_channels=getattr(base, "num_channels", mae_config.num_channels),
-                             size={"height": crop_size, "width": crop_size}, do_center_crop=False,
-                             resample=base.resample)
+                             do_resize=False, do_center_crop=False, resample=base.resample)
 
 
 def param_groups_segmenter(model, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -178,33 +157,32 @@ def palette(num_labels: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def write_examples_picture(model, dataset, fn, path, pad_to_multiple: int, count: int = 4) -> None:
-    """A PNG of `count` held-out rows, one per line: image | ground truth | prediction (the same colours)."""
+def write_examples_picture(model, dataset, fn, path, count: int = 4) -> None:
+    """A PNG of `count` held-out rows, one per line: image | ground truth | prediction (the same colours), the
+    prediction from the model's own inference (what was scored); small images enlarged up to 4x."""
     from PIL import Image
-
-    from ..data.segmentation import collate_segmentation
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     rows = []
     colours = palette(model.config.num_labels)
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (fn.transform.mean, fn.transform.std))
     for index in range(min(count, len(dataset))):
         item = {k: v[0] for k, v in fn(dataset[[index]], [index]).items()}
-        batch = collate_segmentation([item], pad_to_multiple)
-        predicted = model(pixel_values=batch["pixel_values"].to(device)).logits.argmax(1)[0].cpu()
-        labels = item["labels"]
-        height, width = labels.shape
-        image = np.asarray(dataset[index]["image"].convert("RGB"))
-        truth = colours[np.where(labels.numpy() == 255, len(colours) - 1, labels.numpy())]
-        rows.append(np.concatenate([image, truth, colours[predicted[:height, :width].numpy()]], axis=1))
+        predicted = model(pixel_values=item["pixel_values"][None].to(device)).logits.argmax(1)[0].cpu().numpy()
+        labels = item["labels"].numpy()
+        image = (item["pixel_values"] * std + mean).mul(255).round().clamp(0, 255).byte()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        truth = colours[np.where(labels == 255, len(colours) - 1, labels)]
+        rows.append(np.concatenate([image.permute(1, 2, 0).numpy(), truth, colours[predicted]], axis=1))
     model.train(was_training)
     width = max(r.shape[1] for r in rows)
     picture = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=128)
                               for r in rows])
-    Image.fromarray(picture).resize((picture.shape[1] * 4, picture.shape[0] * 4), Image.NEAREST).save(path)
+    scale = max(1, min(4, 768 // width))
+    Image.fromarray(picture).resize((picture.shape[1] * scale, picture.shape[0] * scale), Image.NEAREST).save(path)
 
 
 __all__ = ["MEAN_IOU_PATH", "batch_confusion", "build_segmenter", "default_out_indices", "evaluate_segmentation",
-           "load_mean_iou_metric", "param_groups_segmenter", "segmentation_processor", "slide_logits",
-           "write_examples_picture"]
+           "load_mean_iou_metric", "param_groups_segmenter", "segmentation_processor", "write_examples_picture"]

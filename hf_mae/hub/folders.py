@@ -16,7 +16,7 @@ from ..models.mae.classification_mae import MAEForImageClassification
 from ..models.mae.configuration_mae import MAEConfig
 from ..models.mae.image_processing_mae import MAEImageProcessor, check_processor_matches
 from ..models.mae.modeling_mae import AUTO_MAP, CODE_FILES, MAEForPreTraining, MAEModel
-from ..models.mae.segmentation_mae import SEGMENTATION_AUTO_MAP
+from ..models.mae.segmentation_mae import SEGMENTATION_AUTO_MAP, MAEUperNetConfig
 from .cards import _PRETRAINING_EXTRAS, DEFAULT_COMMIT_MESSAGES, KINDS, _read_json, render_model_card
 from .http import hub_endpoint
 
@@ -226,7 +226,8 @@ def build_segmentation_folder(src, out_dir) -> Path:
     if not config:
         raise FileNotFoundError(f"{src} has no config.json: expected a scripts/segment.py output folder")
     backbone_type = (config.get("backbone_config") or {}).get("model_type")
-    if config.get("model_type") != "upernet" or backbone_type != MAEConfig.model_type:
+    segmenter_types = (MAEUperNetConfig.model_type, "upernet")  # "upernet": saved before the inference settings
+    if config.get("model_type") not in segmenter_types or backbone_type != MAEConfig.model_type:
         raise ValueError(f"{src} holds a {config.get('model_type')!r} model on a {backbone_type!r} backbone, not an "
                          f"hf_mae segmentation model (UperNet on MAEBackbone, from scripts/segment.py)")
     for name in ("preprocessor_config.json", "results.json"):
