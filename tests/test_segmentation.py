@@ -224,6 +224,24 @@ def test_output_folder_loads_with_auto_and_runs_in_the_pipeline(tiny_run, capfd)
     assert "custom code" not in capfd.readouterr().out  # hf_mae installed: no remote-code question
 
 
+def test_the_pipeline_logs_no_false_unsupported_model_error(tiny_run):
+    import logging
+
+    from transformers import pipeline
+
+    root, _, _ = tiny_run
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    pipeline_logger = logging.getLogger("transformers.pipelines.base")  # transformers' loggers do not propagate
+    pipeline_logger.addHandler(handler)
+    try:
+        pipeline("image-segmentation", model=str(root / "out"))
+    finally:
+        pipeline_logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "not supported" in r.getMessage()]
+
+
 def _scored_predictions(root):
     """The held-out scenes of the tiny run as the program scored them: its eval transform and the saved model."""
     from transformers import AutoModelForSemanticSegmentation
@@ -387,6 +405,7 @@ def test_card_carries_the_miou_in_its_model_index(tiny_run):
     metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert metrics["mean_iou"] == pytest.approx(results["mean_iou"], abs=1e-3)
     assert "image-segmentation" in str(card) and "UperNet" in str(card)
+    assert "sliding-window inference" in str(card) and "32-px training crop slid over" in str(card)  # as scored
 
 
 def test_push_to_hub_cli_pushes_the_segmenter_with_its_card(tiny_run, hub, capsys):
