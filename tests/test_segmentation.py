@@ -294,6 +294,7 @@ def test_eval_forward_segments_as_its_config_says(tiny_run):
 
 
 def test_pipeline_segments_as_the_program_scored(tiny_run):
+    from segmentation_inference import mask_map  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
     from transformers import pipeline
 
     root, _, results = tiny_run
@@ -302,9 +303,7 @@ def test_pipeline_segments_as_the_program_scored(tiny_run):
     confusion = np.zeros((11, 11), dtype=np.int64)
     for item, row, scored in zip(evaluation, rows, logits):
         masks = segmenter(item["image"])
-        predicted = np.zeros(item["image"].size[::-1], dtype=np.int64)
-        for mask in masks:
-            predicted[np.asarray(mask["mask"]) > 0] = model.config.label2id[mask["label"]]
+        predicted = mask_map(masks, model.config.label2id, item["image"].size[::-1])
         assert predicted.shape == tuple(row["labels"].shape)  # the image's own size, not the 32-px crop
         agree = (predicted == scored.argmax(0).numpy()).mean()
         assert agree > 0.999, agree

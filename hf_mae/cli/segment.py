@@ -199,7 +199,7 @@ def _setup(args: argparse.Namespace, accelerator) -> _Setup:
                                   head_hidden_size=args.head_hidden_size, auxiliary_head=args.auxiliary_head,
                                   drop_path_rate=args.drop_path, attn_implementation=attn,
                                   inference_mode=args.eval_mode, inference_window=args.crop_size,
-                                  inference_stride=args.eval_stride or max(1, args.crop_size * 2 // 3))
+                                  inference_stride=args.eval_stride)
     processor = segmentation_processor(args.model, mae_config)
     mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     channels, patch = mae_config.num_channels, mae_config.patch_size

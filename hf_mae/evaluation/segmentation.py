@@ -53,8 +53,7 @@ def evaluate_segmentation(accelerator, model, loader, num_labels: int, *, ignore
             continue
         pixels, labels = batch["pixel_values"].to(accelerator.device), batch["labels"].to(accelerator.device)
         with accelerator.autocast():
-            logits = model(pixel_values=pixels).logits
-        logits = logits.float()
+            logits = model(pixel_values=pixels).logits.float()
         if (labels != ignore_index).any():
             loss_sum += torch.stack([F.cross_entropy(logits, labels, ignore_index=ignore_index),
                                      torch.ones((), device=logits.device)])

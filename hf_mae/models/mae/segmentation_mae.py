@@ -79,6 +79,8 @@ class MAEUperNetConfig(UperNetConfig):
             raise ValueError(f"inference_mode 'slide' needs an inference_window >= 1, got {self.inference_window}")
         if self.inference_stride is not None and self.inference_stride < 1:
             raise ValueError(f"inference_stride must be >= 1, got {self.inference_stride}")
+        if self.inference_window and self.inference_stride is None:  # mmsegmentation's 341 for 512
+            self.inference_stride = max(1, self.inference_window * 2 // 3)
 
 
 class MAEForSemanticSegmentation(UperNetForSemanticSegmentation):
@@ -102,7 +104,7 @@ class MAEForSemanticSegmentation(UperNetForSemanticSegmentation):
         else:
             if labels is not None and self.config.num_labels == 1:
                 raise ValueError("The number of labels should be greater than one")
-            stride = self.config.inference_stride or max(1, window * 2 // 3)
+            stride = self.config.inference_stride
             logits = slide_logits(lambda crop: self._forward_padded(crop, None, **kwargs).logits, pixel_values,
                                   self.config.num_labels, (window, window), (stride, stride))
             loss = None if labels is None else F.cross_entropy(logits, labels,
